@@ -1,0 +1,1 @@
+"""Animated 3D assets -> training samples: loaders, procedural objects, rendering, voxel features, datasets."""
