@@ -11,14 +11,18 @@ from gvf.sparse.attention import (
     sparse_windowed_attention,
     window_ids,
 )
+from gvf.sparse.conv import SparseConv3d, SparseDownsample, SparseUpsample
 from gvf.sparse.modules import SparseTransformerBlock
 
 __all__ = [
     "GroupPlan",
     "SparseLinear",
+    "SparseConv3d",
+    "SparseDownsample",
     "SparseMultiHeadAttention",
     "SparseTensor",
     "SparseTransformerBlock",
+    "SparseUpsample",
     "grouped_attention",
     "plan_groups",
     "sparse_cross_attention_per_object",
