@@ -63,6 +63,12 @@ class AbsolutePositionEmbedder(nn.Module):
         self.channels, self.in_channels = channels, in_channels
         self.register_buffer("freqs", absolute_position_frequencies(channels, in_channels), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.freqs.dtype != torch.float32:  # model.half()/.to(bf16) must not round the frequencies
+            self.freqs = absolute_position_frequencies(self.channels, self.in_channels).to(self.freqs.device)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in_channels) -> (..., channels)
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"expected positions with {self.in_channels} coordinates, got shape {tuple(x.shape)}")

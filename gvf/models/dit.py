@@ -1,0 +1,321 @@
+"""Temporal DiT: the latent diffusion transformer of GVF (upstream `model/dit.py::DiT`).
+
+It denoises the motion latents x (B, T, N, C_in) — N = 512 latent tokens per frame, each anchored at a
+canonical Gaussian position — conditioned on the diffusion time, per-frame image tokens (DINOv2, L per
+frame) and the static Gaussians of the object (S rows of 14 channels). Each block runs, in order:
+spatial self-attention (tokens of one frame), temporal self-attention (frames of one token),
+image cross-attention (a frame's tokens -> that frame's image tokens), static cross-attention
+(every token -> the object's static rows) and an MLP. Spatial/temporal attention and the MLP are
+adaLN-modulated by the time embedding; the two cross-attentions are not.
+
+Configuration: `gvf.config.DiTConfig` (= the upstream constructor kwargs; defaults = the official
+model). `use_fp16` has no effect (as upstream: precision comes from autocast); `use_skip_connection`
+and `patch_size` are accepted and unused (as upstream); `resolution` (number of latent tokens) is only
+used by pe_mode "learnable". State-dict keys are exactly the upstream ones (official checkpoints load
+with `gvf.checkpoints.convert_upstream("dit", sd)`, an identity table).
+
+Speed: the image and static conditions do not depend on x or t, so their projected keys/values
+(and the position embedding) can be computed once with `precompute_conditions` and reused by every
+solver step (`forward(x, t, cache=cache)`). The static rows are attended by all T·N tokens of an
+object at once instead of being repeated T times (same function: softmax is per query row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from gvf.config import DiTConfig
+from gvf.nn import AbsolutePositionEmbedder, FeedForwardNet, MultiHeadAttention, TimestepEmbedder, modulate
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class DiTConditionCache:
+    """Everything of a forward pass that depends on the conditions only (see `precompute_conditions`).
+
+    Attributes:
+        batch, frames: B and T the cache was built for.
+        pos_emb: (B, N, C) absolute position embedding of the token positions, or None.
+        image_kv: per block, keys and values of the image tokens, each (B·T, L, H, D).
+        static_kv: per block, keys and values of the static rows, each (B, S, H, D).
+    """
+
+    batch: int
+    frames: int
+    pos_emb: torch.Tensor | None
+    image_kv: list[KV] = field(default_factory=list)
+    static_kv: list[KV] = field(default_factory=list)
+
+
+class TemporalDiTBlock(nn.Module):
+    """One transformer block (upstream `ModulatedSparseTransformerCrossBlock`, attn_mode "full").
+
+    Parameter names are the upstream ones; with `no_temporal_attn` the temporal attention, its
+    modulation and `norm2` do not exist (no state-dict keys), as upstream.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qk_rms_norm: bool = False,
+        qk_rms_norm_cross: bool = False,
+        no_temporal_attn: bool = False,
+        use_checkpoint: bool = False,
+    ):
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.no_temporal_attn = no_temporal_attn
+        self.norm1 = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.norm2 = None if no_temporal_attn else nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.norm3 = nn.LayerNorm(channels, elementwise_affine=True, eps=1e-6)
+        self.norm4 = nn.LayerNorm(channels, elementwise_affine=True, eps=1e-6)
+        self.norm5 = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.spatial_self_attn = MultiHeadAttention(channels, num_heads, type="self", qk_rms_norm=qk_rms_norm)
+        self.temporal_self_attn = (
+            None if no_temporal_attn else MultiHeadAttention(channels, num_heads, type="self", qk_rms_norm=qk_rms_norm)
+        )
+        # The DiT projects both conditions to `channels` first, so ctx_channels = channels.
+        self.image_cross_attn = MultiHeadAttention(channels, num_heads, channels, type="cross", qk_rms_norm=qk_rms_norm_cross)
+        self.static_cross_attn = MultiHeadAttention(channels, num_heads, channels, type="cross", qk_rms_norm=qk_rms_norm_cross)
+        self.mlp = FeedForwardNet(channels, mlp_ratio=mlp_ratio)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
+        self.adaLN_modulation_temporal = None if no_temporal_attn else nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, image_kv: KV, static_kv: KV) -> torch.Tensor:
+        """x (B, T, N, C), mod (B, C), image_kv 2 x (B·T, L, H, D), static_kv 2 x (B, S, H, D) -> (B, T, N, C)."""
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, mod, image_kv, static_kv, use_reentrant=False)
+        return self._forward(x, mod, image_kv, static_kv)
+
+    def _forward(self, x: torch.Tensor, mod: torch.Tensor, image_kv: KV, static_kv: KV) -> torch.Tensor:
+        B, T, N, C = x.shape
+        # (B, C) modulation vectors broadcast over frames and tokens as (B, 1, 1, C)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(mod)[:, None, None].chunk(6, dim=-1)
+
+        a = modulate(self.norm1(x), shift_msa, scale_msa)
+        a = self.spatial_self_attn(a.reshape(B * T, N, C)).reshape(B, T, N, C)  # frames attend independently
+        x = x + a * gate_msa
+
+        if self.temporal_self_attn is not None:
+            shift_t, scale_t, gate_t = self.adaLN_modulation_temporal(mod)[:, None, None].chunk(3, dim=-1)
+            a = modulate(self.norm2(x), shift_t, scale_t)
+            a = a.transpose(1, 2).reshape(B * N, T, C)  # each token attends over its T frames
+            a = self.temporal_self_attn(a).reshape(B, N, T, C).transpose(1, 2)
+            x = x + a * gate_t
+
+        a = self.image_cross_attn(self.norm3(x).reshape(B * T, N, C), kv=image_kv)  # frame t -> its L image tokens
+        x = x + a.reshape(B, T, N, C)
+
+        a = self.static_cross_attn(self.norm4(x).reshape(B, T * N, C), kv=static_kv)  # all T·N tokens -> the S static rows
+        x = x + a.reshape(B, T, N, C)
+
+        a = self.mlp(modulate(self.norm5(x), shift_mlp, scale_mlp))
+        return x + a * gate_mlp
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated no-affine LayerNorm and a Linear to the output channels (upstream names)."""
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(channels, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 2 * channels))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:  # (B, T, N, C), (B, C) -> (B, T, N, C_out)
+        shift, scale = self.adaLN_modulation(mod)[:, None, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class TemporalDiT(nn.Module):
+    """The GVF temporal diffusion transformer; predicts v for motion latents.
+
+    Build with `TemporalDiT(config)` or with the upstream keyword arguments
+    (`TemporalDiT(**configs/diffusion.yml["model"])`).
+    """
+
+    def __init__(self, config: DiTConfig | None = None, **kwargs):
+        super().__init__()
+        if config is None:
+            config = make_config(**kwargs)
+        elif not isinstance(config, DiTConfig):
+            raise ValueError(f"config must be a gvf.config.DiTConfig, got {type(config).__name__}")
+        elif kwargs:
+            raise ValueError("pass either a DiTConfig or keyword arguments, not both")
+        self.config = cfg = config
+        if cfg.share_mod:
+            raise ValueError("share_mod=True is not supported (a dead, inconsistent branch upstream); use share_mod=False")
+        if cfg.pe_mode not in ("ape", "learnable", "none"):
+            raise ValueError(f"pe_mode must be 'ape', 'learnable' or 'none' ('rope' is unused upstream), got {cfg.pe_mode!r}")
+        if cfg.patch_size < 1 or cfg.patch_size & (cfg.patch_size - 1):
+            raise ValueError(f"patch_size must be a power of 2, got {cfg.patch_size}")
+        C = cfg.model_channels
+        if not (cfg.num_heads or cfg.num_head_channels):
+            raise ValueError("set num_heads or num_head_channels")
+        self.num_heads = cfg.num_heads or C // cfg.num_head_channels
+        if C % self.num_heads:
+            raise ValueError(f"model_channels ({C}) must be divisible by num_heads ({self.num_heads})")
+        self.in_channels, self.out_channels, self.model_channels = cfg.in_channels, cfg.out_channels, C
+        self.pe_mode = cfg.pe_mode
+
+        self.t_embedder = TimestepEmbedder(C)
+        if cfg.pe_mode == "ape":
+            self.pos_embedder = AbsolutePositionEmbedder(C)  # no parameters, no state-dict entries
+        elif cfg.pe_mode == "learnable":
+            self.pos_embedder = nn.Parameter(torch.randn(1, cfg.resolution, C))
+        self.input_layer = nn.Linear(cfg.in_channels, C)
+        self.blocks = nn.ModuleList(
+            TemporalDiTBlock(
+                C,
+                self.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                qk_rms_norm=cfg.qk_rms_norm,
+                qk_rms_norm_cross=cfg.qk_rms_norm_cross,
+                no_temporal_attn=cfg.no_temporal_attn,
+                use_checkpoint=cfg.use_checkpoint,
+            )
+            for _ in range(cfg.num_blocks)
+        )
+        self.final_layer = FinalLayer(C, cfg.out_channels)
+        self.static_cond_proj = nn.Linear(cfg.static_cond_channels, C)
+        self.image_cond_proj = nn.Linear(cfg.image_cond_channels, C)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """The upstream initialisation (so that training from scratch starts where upstream did)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.static_cond_proj, self.image_cond_proj):
+            nn.init.normal_(linear.weight, std=0.02)
+        # adaLN-zero: spatial-attention and MLP branches start as identities. Upstream leaves the
+        # temporal modulation at its xavier init; kept that way.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # Zero output layer: a fresh model predicts v = 0.
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def precompute_conditions(
+        self,
+        cond_images: torch.Tensor,
+        static_latent: torch.Tensor,
+        deformation_position_xyz: torch.Tensor | None = None,
+    ) -> DiTConditionCache:
+        """Project the conditions once: position embedding and every block's cross-attention k/v.
+
+        Build it under the same autocast/no_grad context as the forward passes that use it.
+        Args:
+            cond_images: (B, T, L, C_img) per-frame image tokens.
+            static_latent: (B, S, C_static) static Gaussian rows (normalised).
+            deformation_position_xyz: (B, N, 3) token positions (required for pe_mode "ape").
+        """
+        B, T = self._check_conditions(cond_images, static_latent, deformation_position_xyz)
+        L = cond_images.shape[2]
+        image_emb = self.image_cond_proj(cond_images).reshape(B * T, L, self.model_channels)  # frames attend independently
+        static_emb = self.static_cond_proj(static_latent)  # (B, S, C): shared by all frames, not repeated
+        pos_emb = self.pos_embedder(deformation_position_xyz) if self.pe_mode == "ape" else None
+        return DiTConditionCache(
+            batch=B,
+            frames=T,
+            pos_emb=pos_emb,
+            image_kv=[_contiguous(block.image_cross_attn.project_kv(image_emb)) for block in self.blocks],
+            static_kv=[_contiguous(block.static_cross_attn.project_kv(static_emb)) for block in self.blocks],
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond_images: torch.Tensor | None = None,
+        static_latent: torch.Tensor | None = None,
+        deformation_position_xyz: torch.Tensor | None = None,
+        *,
+        cache: DiTConditionCache | None = None,
+    ) -> torch.Tensor:
+        """Predict v.
+
+        Args:
+            x: (B, T, N, C_in) noisy latents.
+            t: (B,) model time (float; the step index during training).
+            cond_images: (B, T, L, C_img); static_latent: (B, S, C_static);
+            deformation_position_xyz: (B, N, 3) — or instead `cache` from `precompute_conditions`.
+        Returns:
+            (B, T, N, C_out)
+        """
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"x must be (B, T, N, {self.in_channels}), got {tuple(x.shape)}")
+        B, T, N, _ = x.shape
+        if t.shape != (B,):
+            raise ValueError(f"t must have shape ({B},) (one time per batch element), got {tuple(t.shape)}")
+        if cache is None:
+            if cond_images is None or static_latent is None:
+                raise ValueError("TemporalDiT needs cond_images and static_latent (or a precomputed cache)")
+            cache = self.precompute_conditions(cond_images, static_latent, deformation_position_xyz)
+        elif cond_images is not None or static_latent is not None or deformation_position_xyz is not None:
+            raise ValueError("pass either the condition tensors or a precomputed cache, not both")
+        if (cache.batch, cache.frames) != (B, T):
+            raise ValueError(f"conditions are for B={cache.batch}, T={cache.frames} but x is {tuple(x.shape)}")
+        if cache.pos_emb is not None and cache.pos_emb.shape[1] != N:
+            raise ValueError(f"deformation_position_xyz has {cache.pos_emb.shape[1]} positions but x has N={N} tokens")
+
+        if self.pe_mode == "learnable" and N != self.pos_embedder.shape[1]:
+            raise ValueError(f"pe_mode 'learnable' needs N = resolution = {self.pos_embedder.shape[1]} tokens, got {N}")
+
+        h = self.input_layer(x)
+        if cache.pos_emb is not None:
+            h = h + cache.pos_emb[:, None]  # same positions for every frame; no temporal encoding
+        elif self.pe_mode == "learnable":
+            h = h + self.pos_embedder
+        mod = self.t_embedder(t)
+        for block, image_kv, static_kv in zip(self.blocks, cache.image_kv, cache.static_kv):
+            h = block(h, mod, image_kv, static_kv)
+        return self.final_layer(h, mod)
+
+    def _check_conditions(self, cond_images, static_latent, xyz) -> tuple[int, int]:
+        cfg = self.config
+        if cond_images.ndim != 4 or cond_images.shape[-1] != cfg.image_cond_channels:
+            raise ValueError(f"cond_images must be (B, T, L, {cfg.image_cond_channels}), got {tuple(cond_images.shape)}")
+        B, T = cond_images.shape[:2]
+        if static_latent.ndim != 3 or static_latent.shape[0] != B or static_latent.shape[-1] != cfg.static_cond_channels:
+            raise ValueError(f"static_latent must be ({B}, S, {cfg.static_cond_channels}), got {tuple(static_latent.shape)}")
+        if self.pe_mode == "ape":
+            if xyz is None:
+                raise ValueError("deformation_position_xyz (B, N, 3) is required with pe_mode='ape'")
+            if xyz.ndim != 3 or xyz.shape[0] != B or xyz.shape[-1] != 3:
+                raise ValueError(f"deformation_position_xyz must be ({B}, N, 3), got {tuple(xyz.shape)}")
+        return B, T
+
+
+def _contiguous(kv: KV) -> KV:
+    """Dense k and v (they are views into one packed projection); done once per cache."""
+    return kv[0].contiguous(), kv[1].contiguous()
+
+
+def make_config(**kwargs) -> DiTConfig:
+    """`DiTConfig` from upstream-style keyword arguments, with a clear error on unknown ones."""
+    known = {f.name for f in dataclasses.fields(DiTConfig)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown TemporalDiT argument(s): {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    return DiTConfig(**kwargs)
+
+
+# Size presets.
+OFFICIAL = DiTConfig()  # configs/diffusion.yml `model` (12 blocks, 512 channels, 16 heads)
+TINY = DiTConfig(
+    resolution=16, in_channels=4, out_channels=4, model_channels=32, image_cond_channels=16, num_blocks=2, num_heads=4
+)
