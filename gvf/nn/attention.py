@@ -17,6 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ def resolve_backend(q: torch.Tensor, backend: str | None = None) -> str:
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Explicit softmax(q kᵀ · scale) v in the input dtype. Shapes as `attention`."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.einsum("blhd,bshd->bhls", q, k) * scale
-    return torch.einsum("bhls,bshd->blhd", logits.softmax(dim=-1), v)
+    work = torch.float32 if q.dtype in _HALF else q.dtype  # half-precision softmax is too coarse for a reference
+    logits = torch.einsum("blhd,bshd->bhls", q.to(work), k.to(work)) * scale
+    return torch.einsum("bhls,bshd->blhd", logits.softmax(dim=-1), v.to(work)).to(q.dtype)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
@@ -81,7 +83,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         import xformers.ops as xops
 
         return xops.memory_efficient_attention(q, k, v, scale=scale)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if q.is_cuda and v.shape[-1] != q.shape[-1]:
+        # cuDNN's fused kernel rejects value widths that differ from the query width (torch 2.11).
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out.transpose(1, 2)
 
 
