@@ -52,6 +52,7 @@ __all__ = [
     "DiffusionConfig",
     "TrainConfig",
     "DataConfig",
+    "FeaturesConfig",
     "VAEExperimentConfig",
     "DiffusionExperimentConfig",
     "load_config",
@@ -277,7 +278,11 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by the VAE and diffusion trainers (upstream CLI defaults)."""
+    """Optimisation settings shared by the VAE and diffusion trainers (upstream CLI defaults).
+
+    Steps count optimizer steps (one step = ``gradient_accumulation_steps`` micro-batches).
+    Fields after ``save_interval`` were added by the trainers (gvf.train); each says who reads it.
+    """
 
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -291,14 +296,42 @@ class TrainConfig:
     seed: int = 0
     log_interval: int = 100
     save_interval: int = 1000
+    # both trainers
+    keep_last: int = 3  # training checkpoints kept (the newest ones)
+    preview_interval: int = 1000  # VAE: render previews; 0 = never
+    find_unused_parameters: bool = False  # DDP
+    # VAE trainer (upstream main_vae.py CLI defaults; the README run used static_vae_steps 150000,
+    # kl_weight 1e-6, xyz_loss_weight 1.0)
+    static_vae_steps: int = 5000  # phase 1 (static VAE alone) length
+    static_lr_scale: float = 0.1  # static-VAE lr = lr · static_lr_scale
+    kl_weight: float = 1e-5  # motion-VAE KL
+    xyz_loss_weight: float = 0.1  # mesh-guided xyz loss
+    render_l1_weight: float = 1.0
+    render_ssim_weight: float = 0.2
+    render_lpips_weight: float = 0.2
+    lpips_pretrained: bool = True  # false: random VGG (offline tests / demo only; values meaningless)
+    static_vae_init: Optional[str] = None  # static-VAE weights to start from: a file or "official"
+    freeze_static_encoder: bool = False  # upstream freeze_encoder: the encoder blocks only
+    render_resolution: Optional[int] = None  # training image side (None: as stored)
+    # diffusion trainer
+    uncond_p: float = 0.1  # classifier-free dropout of the video features
+    sample_interval: int = 0  # DPM-Solver sampling check every N steps; 0 = never
+    sample_steps: int = 25  # multistep DPM-Solver++ steps of the check
+    sample_resolution: int = 128  # preview video side
+    vae_checkpoint: Optional[str] = None  # VAE training checkpoint (or run dir) for decoding samples
 
     def __post_init__(self):
+        if str(self.mixed_precision).lower() == "false":  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
         _choice(self, "mixed_precision", {"no", "fp16", "bf16"})
 
 
 @dataclass
 class DataConfig:
-    """Where the training data live and how samples are drawn."""
+    """Where the training data live and how samples are drawn.
+
+    Fields after ``deformation_std_file`` were added by the trainers (gvf.train).
+    """
 
     data_dir: str = "data/"
     txt_file: Optional[str] = None  # object/video names, one per line
@@ -308,6 +341,24 @@ class DataConfig:
     static_std_file: Optional[str] = None
     deformation_mean_file: Optional[str] = None
     deformation_std_file: Optional[str] = None
+    load_camera: int = 1  # VAE: frames of a sample rendered for the motion loss
+    feature_name: Optional[str] = None  # VAE: features_all_timesteps/0/<name>.npz (None: the only one)
+    cond_dir: Optional[str] = None  # conditioning features (default <data_dir>/cond_features)
+    latents_dir: Optional[str] = None  # encoded latents (default <data_dir>/latents)
+    stats_file: Optional[str] = None  # latent statistics (default <latents_dir>/stats.safetensors)
+    num_val_objects: int = 1  # diffusion: last names held out for the sampling check
+    num_static_gaussians: int = 4096  # rows of the DiT's static condition (training and inference)
+    # DiT token positions: (xyz − static_mean[:3]) / static_std[:3] as upstream training (true), or raw
+    # xyz as the official inference (false); releases carry it to the inference pipeline
+    normalize_positions: bool = True
+
+
+@dataclass
+class FeaturesConfig:
+    """The image feature extractor of the conditioning tokens (`gvf.features.get_extractor`)."""
+
+    extractor: str = "dinov2"
+    extractor_kwargs: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ experiments
@@ -331,7 +382,8 @@ class VAEExperimentConfig:
 
 @dataclass
 class DiffusionExperimentConfig:
-    """configs/official/diffusion.yml: DiT (``model``), ``diffusion``, ``motion_vae``, ``static_vae``."""
+    """configs/official/diffusion.yml: DiT (``model``), ``diffusion``, ``motion_vae``, ``static_vae``,
+    plus our ``train`` / ``data`` sections and ``features`` (the conditioning feature extractor)."""
 
     model: DiTConfig = field(default_factory=DiTConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -339,6 +391,7 @@ class DiffusionExperimentConfig:
     static_vae: StaticVAEConfig = field(default_factory=StaticVAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 # ---------------------------------------------------------------------------------------- loading
