@@ -290,6 +290,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 1000
     max_steps: int = 500_000
+    max_minutes: Optional[float] = None  # wall-clock budget of one call: stop (and checkpoint) when spent
     grad_clip: float = 1.0
     ema_rate: float = 0.9999
     mixed_precision: str = "no"  # no | fp16 | bf16

@@ -156,23 +156,24 @@ def attention_backend(spec: str):
 
 def bench_dit(variants, cfg, sizes, device, timer, precisions, attn_specs) -> list[dict]:
     """Rows for every (variant, precision, uncached/cached, attention backend); backends other than
-    "auto" are timed for the cached half-precision forwards only."""
+    "auto" are timed for the cached half-precision forwards of the first variant only.
+    A variant is (name, network, fold_static) (see `TemporalDiT.precompute_conditions`)."""
     rows = []
     x, t, cond = dit_inputs(cfg, sizes, device)
-    for variant, net in variants:
+    for index, (variant, net, fold) in enumerate(variants):
         for pname in precisions:
             dtype = PRECISIONS[pname]
-            for cached in (False, True):
-                for spec in attn_specs if (cached and dtype is not None) else ["auto"]:
+            for cached in (False, True) if index == 0 or "compiled" in variant else (True,):
+                for spec in attn_specs if (cached and dtype is not None and index == 0) else ["auto"]:
                     reset_memory(device)
                     cache, note = None, ""
                     try:
                         with torch.no_grad(), autocast(device, dtype), attention_backend(spec):
+                            cache = net.precompute_conditions(**cond, fold_static=fold)
                             if cached:
-                                cache = net.precompute_conditions(**cond)
                                 ms = timer(lambda: net(x, t, cache=cache))
                             else:
-                                ms = timer(lambda: net(x, t, **cond))
+                                ms = timer(lambda: net(x, t, cache=net.precompute_conditions(**cond, fold_static=fold)))
                     except Exception as exc:  # e.g. a kernel unavailable here; report and go on
                         ms, note = float("nan"), f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
                     if spec != "auto":
@@ -223,7 +224,67 @@ def bench_sampler(model, cfg, sizes, device, precision, guidance: tuple[float, f
     )
 
 
-def bench_vae(sizes, device, timer, precisions, tiny) -> list[dict]:
+def attention_micro(device, timer) -> list[dict]:
+    """The DiT's and the motion VAE's attention calls alone (fp16), per SDPA kernel: ms and TFLOP/s
+    (4·L·S·D·H·B multiply-adds counted as 2 FLOPs each, i.e. QKᵀ and PV)."""
+    from gvf.nn import attention
+
+    shapes = {  # name: (B, L, S, H, D, D_v)
+        "static cross (unfolded)": (1, 16384, 4096, 16, 32, 32),
+        "static cross (folded, W=16)": (1, 16384 * 16, 4096, 1, 16, 16),
+        "image cross": (32, 512, 1370, 16, 32, 32),
+        "spatial self": (32, 512, 512, 16, 32, 32),
+        "temporal self": (512, 32, 32, 16, 32, 32),
+        "VAE decode chunk (8192 q)": (32, 8192, 1024, 8, 64, 64),
+        "VAE decode chunk, v width 16": (32, 8192, 1024, 8, 64, 16),
+    }
+    rows = []
+    g = torch.Generator(device=device).manual_seed(0)
+    for name, (B, L, S, H, D, Dv) in shapes.items():
+        q = torch.randn(B, L, H, D, device=device, dtype=torch.float16, generator=g)
+        k = torch.randn(B, S, H, D, device=device, dtype=torch.float16, generator=g)
+        v = torch.randn(B, S, H, Dv, device=device, dtype=torch.float16, generator=g)
+        flops = 2 * B * H * L * S * (D + Dv)
+        for spec in ("sdpa:flash", "sdpa:cudnn", "sdpa:efficient"):
+            try:
+                with torch.no_grad(), attention_backend(spec):
+                    ms = timer(lambda: attention(q, k, v))
+                note = f"{flops / ms / 1e9:.0f} TFLOP/s"
+            except Exception as exc:
+                ms, note = float("nan"), f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+            rows.append(dict(what=f"attention {name}", precision="fp16", conditions=spec, ms=ms, peak_gib=float("nan"), note=note))
+    # matmul reference: the DiT's MLP up-projection
+    a = torch.randn(16384, 512, device=device, dtype=torch.float16)
+    w = torch.randn(2048, 512, device=device, dtype=torch.float16)
+    ms = timer(lambda: torch.nn.functional.linear(a, w))
+    rows.append(dict(what="matmul 16384x512 @ 512x2048", precision="fp16", conditions="-", ms=ms, peak_gib=float("nan"), note=f"{2 * 16384 * 512 * 2048 / ms / 1e9:.0f} TFLOP/s"))
+    return rows
+
+
+def profile_dit(model, cfg, sizes, device, dtype, fold, top: int = 25) -> str:
+    """Kernel-level profile (CUDA time per kernel name) of one cached forward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, t, cond = dit_inputs(cfg, sizes, device)
+    with torch.no_grad(), autocast(device, dtype):
+        cache = model.precompute_conditions(**cond, fold_static=fold)
+        for _ in range(3):
+            model(x, t, cache=cache)
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                model(x, t, cache=cache)
+            torch.cuda.synchronize(device)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0) > 0]
+    total = sum(e.self_device_time_total for e in events)
+    events.sort(key=lambda e: -e.self_device_time_total)
+    lines = [f"# profile fold_static={fold} {dtype}: {total / 5e3:.2f} ms of kernels per forward"]
+    for e in events[:top]:
+        lines.append(f"{e.self_device_time_total / 5e3:8.3f} ms {100 * e.self_device_time_total / total:5.1f}%  x{e.count // 5:<4d} {e.key[:110]}")
+    return "\n".join(lines)
+
+
+def bench_vae(sizes, device, timer, precisions, tiny, attn_specs=("auto",)) -> list[dict]:
     try:
         from gvf.models import VariationFieldVAE
         from gvf.models.motion_vae import OFFICIAL_CONFIG
@@ -242,11 +303,23 @@ def bench_vae(sizes, device, timer, precisions, tiny) -> list[dict]:
     queries = torch.cat([xyz, colour_opacity_scale, quaternion], dim=-1).to(device)  # (B, Q, 14) Gaussian rows
     rows = []
     for pname in precisions:
+        for spec in attn_specs if PRECISIONS[pname] is not None else ["auto"]:
+            reset_memory(device)
+            note = "" if spec == "auto" else f"attention {spec}"
+            try:
+                with torch.no_grad(), autocast(device, PRECISIONS[pname]), attention_backend(spec):
+                    ms = timer(lambda: vae.decode(z, queries))
+            except Exception as exc:
+                ms, note = float("nan"), f"{note}; failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            what = f"motion VAE decode ({T} frames, {Q} Gaussians)"
+            rows.append(dict(what=what, precision=pname, conditions="-", ms=ms, peak_gib=peak_memory_gib(device), note=note))
+    if device.type == "cuda" and "fp16" in precisions:  # narrower folded values (efficient kernel)
+        vae.fold_value_width = 16
         reset_memory(device)
-        with torch.no_grad(), autocast(device, PRECISIONS[pname]):
+        with torch.no_grad(), autocast(device, torch.float16):
             ms = timer(lambda: vae.decode(z, queries))
-        what = f"motion VAE decode ({T} frames, {Q} Gaussians)"
-        rows.append(dict(what=what, precision=pname, conditions="-", ms=ms, peak_gib=peak_memory_gib(device), note=""))
+        rows.append(dict(what=what, precision="fp16", conditions="-", ms=ms, peak_gib=peak_memory_gib(device), note="fold_value_width 16"))
+        vae.fold_value_width = None
     return rows
 
 
@@ -292,6 +365,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--cfg", nargs=2, type=float, metavar=("S1", "S2"), help="also time a guided sample (batch of 3)")
     parser.add_argument("--compile", action="store_true", help="also time DiT forwards with torch.compile'd blocks")
     parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode for --compile: default, reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs, ...",
+    )
+    parser.add_argument("--compile-model", action="store_true", help="compile the whole DiT forward instead of each block")
+    parser.add_argument("--compile-precisions", help="precisions of the compiled rows (default: --precisions)")
+    parser.add_argument("--no-fold", action="store_true", help="also time the unfolded static cross-attention (eager)")
+    parser.add_argument("--profile", action="store_true", help="print a kernel profile of the cached half-precision DiT forward")
+    parser.add_argument("--attn-micro", action="store_true", help="time the attention calls alone per SDPA kernel")
+    parser.add_argument(
         "--attn",
         default="auto",
         help="comma list of attention backends for the cached half-precision rows: auto, sdpa, flash_attn, "
@@ -326,23 +409,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = DIT_TINY if args.tiny else official_dit_config()
         model = TemporalDiT(cfg).to(device).eval()
         randomize_(model)
+        if args.profile and device.type == "cuda":
+            for fold in (False, None):
+                print(profile_dit(model, cfg, sizes, device, torch.float16, fold), flush=True)
         if "dit" not in skip:
-            variants = [("eager", model)]
-            if args.compile:
-                compiled = copy.deepcopy(model)
-                for block in compiled.blocks:  # regional compilation: one graph, reused by every block
-                    block.compile()
-                variants.append(("compiled blocks", compiled))
+            variants = [("eager", model, None)]
+            if args.no_fold:
+                variants.append(("eager, static attention unfolded", model, False))
             attn_specs = [a.strip() for a in args.attn.split(",") if a.strip()]
             rows += bench_dit(variants, cfg, sizes, device, timer, precisions, attn_specs)
-            del variants
+            print(format_table(rows), flush=True)
+            if args.compile:
+                compiled = copy.deepcopy(model)
+                mode = None if args.compile_mode == "default" else args.compile_mode
+                if args.compile_model:
+                    compiled.compile(mode=mode)
+                    label = f"compiled model, {args.compile_mode}"
+                else:
+                    for block in compiled.blocks:  # regional compilation: one graph, reused by every block
+                        block.compile(mode=mode)
+                    label = f"compiled blocks, {args.compile_mode}"
+                cprec = [p.strip() for p in (args.compile_precisions or ",".join(precisions)).split(",") if p.strip()]
+                rows += bench_dit([(label, compiled, None)], cfg, sizes, device, timer, cprec, ["auto"])
+                del compiled
         if "sampler" not in skip:
             rows.append(bench_sampler(model, cfg, sizes, device, sampler_precision, (1.0, 1.0)))
             if args.cfg:
                 rows.append(bench_sampler(model, cfg, sizes, device, sampler_precision, tuple(args.cfg)))
         del model
     if "vae" not in skip:
-        rows += bench_vae(sizes, device, timer, precisions, args.tiny)
+        rows += bench_vae(sizes, device, timer, precisions, args.tiny, [a.strip() for a in args.attn.split(",") if a.strip()])
+    if args.attn_micro and device.type == "cuda":
+        rows += attention_micro(device, timer)
 
     print(format_table(rows))
     if args.json:

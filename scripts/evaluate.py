@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-random", action="store_true", help="LPIPS with random weights (offline smoke runs)")
     p.add_argument("--no-vae-recon", action="store_true", help="skip the motion-VAE reconstruction")
     p.add_argument("--output", type=Path, default=Path("eval_results.json"))
+    p.add_argument("--export-example", type=Path, default=None,
+                   help="also write the first object's input video (example.mp4) and canonical Gaussians (canonical.ply) here")
+    p.add_argument("--example-fps", type=int, default=10)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -207,6 +210,20 @@ def vae_reconstruction(mesh, canonical, vae, seed: int, device) -> torch.Tensor:
     return vae.decode(post.z, rows[None], num_frames=delta_pc.shape[1])[0].float().cpu()
 
 
+def export_example(out_dir: Path, frames: np.ndarray, canonical, fps: int) -> None:
+    """The demo inputs: the front-view video on white (example.mp4) and its canonical Gaussians (canonical.ply)."""
+    from gvf.export import write_video
+    from gvf.gaussians import save_ply
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rgb = frames[..., :3].astype(np.float32) / 255.0
+    alpha = frames[..., 3:].astype(np.float32) / 255.0
+    on_white = np.clip(np.round((rgb * alpha + (1.0 - alpha)) * 255.0), 0, 255).astype(np.uint8)
+    write_video(out_dir / "example.mp4", on_white, fps=fps)
+    save_ply(canonical, out_dir / "canonical.ply")
+    logger.info("wrote the example video and canonical PLY to %s", out_dir)
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -274,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             canonical = load_ply(args.canonical.format(seed=seed))
         video = prepare_video(inputs)
+        if args.export_example is not None and seed == seeds[0]:
+            export_example(args.export_example, inputs, canonical, args.example_fps)
         result = pipeline(
             video, canonical, seed=args.seed, solver=args.solver, steps=args.steps, guidance_scale=args.guidance_scale,
             guidance_scale2=args.guidance_scale2, dtype=args.dtype, align_step_deg=args.align_step or None, progress=progress,

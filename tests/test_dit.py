@@ -253,3 +253,73 @@ def test_benchmark_script_runs_tiny_on_cpu(fixtures_dir, tmp_path, capsys):
     assert sample["note"].startswith("NFE ") and int(sample["note"].split()[1].rstrip(",")) % 2 == 0
     assert json.loads((tmp_path / "rows.json").read_text())[0]["what"] == rows[0]["what"]
 
+
+
+# --- static cross-attention fold and batched adaLN (speed paths; must be the same function) ---
+
+
+@pytest.mark.parametrize("name", DIT_FIXTURES)
+def test_folded_static_attention_matches_upstream(fixtures_dir, name):
+    model, inp, ref, _ = _load(fixtures_dir, name)
+    cond = {k: inp[k] for k in COND_KEYS}
+    with torch.no_grad():
+        cache = model.precompute_conditions(**cond, fold_static=True)
+        assert all(type(kv).__name__ == "FoldedStaticAttention" for kv in cache.static_kv)
+        out = model(inp["x"], inp["t"], cache=cache)
+    assert _close(out, ref["output"], 1e-4, 1e-5) <= 1
+    model64, inp64, _, _ = _load(fixtures_dir, name, torch.float64)
+    with torch.no_grad():
+        cache64 = model64.precompute_conditions(**{k: inp64[k] for k in COND_KEYS}, fold_static=True)
+        out64 = model64(inp64["x"], inp64["t"], cache=cache64)
+    assert _close(out64, ref["ref64.output"], 1e-4, 1e-4) <= 1
+
+
+def test_folded_static_attention_zero_rows_and_gradients():
+    """All-zero static rows (the unconditional CFG branch) and the parameter gradients agree with the
+    unfolded computation (float64)."""
+    model = TemporalDiT(TINY).double()
+    _randomize(model, seed=3)
+    x, t, cond = _tiny_inputs(B=2, S=7)
+    x, cond = x.double(), {k: v.double() for k, v in cond.items()}
+    cond["static_latent"][1] = 0.0
+    outs, grads = [], []
+    for fold in (False, True):
+        model.zero_grad()
+        out = model(x, t.double(), cache=model.precompute_conditions(**cond, fold_static=fold))
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    # The static branch's weights get the same gradients through the folded products.
+    for key in ("blocks.0.static_cross_attn.to_q.weight", "blocks.1.static_cross_attn.to_kv.weight", "static_cond_proj.weight", "blocks.0.adaLN_modulation.1.weight"):
+        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-8, atol=1e-10)
+
+
+def test_fold_static_choice_and_rms_norm_cross():
+    model = TemporalDiT(TINY)  # head dim 8 < 16 padded static channels: auto does not fold
+    _, _, cond = _tiny_inputs()
+    assert isinstance(model.precompute_conditions(**cond).static_kv[0], tuple)
+    big = TemporalDiT(resolution=4, in_channels=4, out_channels=4, model_channels=64, image_cond_channels=8, num_blocks=1, num_heads=2)
+    g = torch.Generator().manual_seed(0)
+    cond = {"cond_images": torch.randn(1, 2, 3, 8, generator=g), "static_latent": torch.randn(1, 5, 14, generator=g), "deformation_position_xyz": torch.rand(1, 4, 3, generator=g)}
+    assert not isinstance(big.precompute_conditions(**cond).static_kv[0], tuple)  # head dim 32 > 16: folded
+    normed = TemporalDiT(TINY.__class__(**{**TINY.__dict__, "qk_rms_norm_cross": True}))
+    _, _, cond = _tiny_inputs()
+    assert isinstance(normed.precompute_conditions(**cond).static_kv[0], tuple)
+    with pytest.raises(ValueError, match="qk_rms_norm_cross"):
+        normed.precompute_conditions(**cond, fold_static=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_folded_static_attention_under_autocast(fixtures_dir, dtype):
+    model, inp, ref, _ = _load(fixtures_dir, "dit_forward")
+    model = model.cuda()
+    inp = {k: v.cuda() for k, v in inp.items()}
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        cond = {k: inp[k] for k in COND_KEYS}
+        folded = model(inp["x"], inp["t"], cache=model.precompute_conditions(**cond, fold_static=True)).float().cpu()
+        plain = model(inp["x"], inp["t"], cache=model.precompute_conditions(**cond, fold_static=False)).float().cpu()
+    scale = ref["output"].abs().max()
+    assert (folded - ref["output"]).abs().max() / scale < (3e-2 if dtype == torch.float16 else 8e-2)
+    assert (folded - plain).abs().max() / scale < (1e-2 if dtype == torch.float16 else 4e-2)  # rounding only

@@ -18,6 +18,16 @@ Speed: the image and static conditions do not depend on x or t, so their project
 (and the position embedding) can be computed once with `precompute_conditions` and reused by every
 solver step (`forward(x, t, cache=cache)`). The static rows are attended by all T·N tokens of an
 object at once instead of being repeated T times (same function: softmax is per query row).
+
+Static cross-attention fold (exact algebra, used by default when it is cheaper): the static rows s
+(14 channels) enter keys and values only through affine maps, k_h = A_h·s + c_h and v_h = B_h·s + d_h
+(A_h, B_h = to_kv ∘ static_cond_proj per head, D × 14). The constant q_h·c_h is the same for every key of a
+query row, so softmax removes it, and the attention weights sum to 1, so the values' d_h passes through.
+Hence out_h = B_h·softmax((A_hᵀq_h)·s / √D)·s + d_h: one single-head attention of all T·N·H folded
+queries A_hᵀq_h (to_q folded in) over the raw rows s (zero-padded to 16 channels), then one Linear
+(B_h and to_out folded). It halves the attention width (32 -> 16) and the projection work, and needs no
+head transposes. It requires no key RMS norm (`qk_rms_norm_cross=False`, the official setting).
+The adaLN modulations of all blocks depend on t only and are computed by one matmul per forward.
 """
 
 from __future__ import annotations
@@ -26,31 +36,65 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
 from gvf.config import DiTConfig
-from gvf.nn import AbsolutePositionEmbedder, FeedForwardNet, MultiHeadAttention, TimestepEmbedder, modulate
+from gvf.nn import AbsolutePositionEmbedder, FeedForwardNet, MultiHeadAttention, TimestepEmbedder, attention, modulate
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
+class FoldedStaticAttention:
+    """One block's static cross-attention with keys/values folded onto the raw static rows.
+
+    Attributes:
+        q_weight: (H·W, C), q_bias (H·W,): to_q followed by A_hᵀ per head (W = padded row width).
+        out_weight: (C, H·W), out_bias (C,): B_h per head followed by to_out (v's bias folded in).
+        rows: (B, S, 1, W) the static rows zero-padded to W channels (keys = values, one shared head).
+        scale: the softmax scale of the original heads, 1/√D.
+    """
+
+    q_weight: torch.Tensor
+    q_bias: torch.Tensor | None
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor
+    rows: torch.Tensor
+    scale: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, C) normalised tokens -> (B, L, C), the static cross-attention output."""
+        B, L, _ = x.shape
+        W = self.rows.shape[-1]
+        q = F.linear(x, self.q_weight, self.q_bias).reshape(B, -1, 1, W)  # (B, L·H, 1, W): heads become rows
+        rows = self.rows.to(q.dtype)
+        u = attention(q, rows, rows, scale=self.scale)  # (B, L·H, 1, W) softmax-weighted static rows
+        return F.linear(u.reshape(B, L, -1), self.out_weight, self.out_bias)
+
+
+@dataclass
 class DiTConditionCache:
-    """Everything of a forward pass that depends on the conditions only (see `precompute_conditions`).
+    """Everything of a forward pass that depends on the conditions (or the weights) only.
 
     Attributes:
         batch, frames: B and T the cache was built for.
         pos_emb: (B, N, C) absolute position embedding of the token positions, or None.
         image_kv: per block, keys and values of the image tokens, each (B·T, L, H, D).
-        static_kv: per block, keys and values of the static rows, each (B, S, H, D).
+        static_kv: per block, keys and values of the static rows, each (B, S, H, D), or a
+            `FoldedStaticAttention` (see the module docstring).
+        mod_weight, mod_bias: every block's adaLN Linear(s) and the final layer's, stacked
+            ((Σ rows, C), (Σ rows,)), so that one matmul gives all modulations; None = per block.
     """
 
     batch: int
     frames: int
     pos_emb: torch.Tensor | None
     image_kv: list[KV] = field(default_factory=list)
-    static_kv: list[KV] = field(default_factory=list)
+    static_kv: list[KV | FoldedStaticAttention] = field(default_factory=list)
+    mod_weight: torch.Tensor | None = None
+    mod_bias: torch.Tensor | None = None
 
 
 class TemporalDiTBlock(nn.Module):
@@ -89,23 +133,36 @@ class TemporalDiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
         self.adaLN_modulation_temporal = None if no_temporal_attn else nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, image_kv: KV, static_kv: KV) -> torch.Tensor:
-        """x (B, T, N, C), mod (B, C), image_kv 2 x (B·T, L, H, D), static_kv 2 x (B, S, H, D) -> (B, T, N, C)."""
-        if self.use_checkpoint and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._forward, x, mod, image_kv, static_kv, use_reentrant=False)
-        return self._forward(x, mod, image_kv, static_kv)
+    @property
+    def modulation_linears(self) -> list[nn.Linear]:
+        """The adaLN Linears in the order their outputs are concatenated (6·C, then 3·C if temporal)."""
+        linears = [self.adaLN_modulation[-1]]
+        if self.adaLN_modulation_temporal is not None:
+            linears.append(self.adaLN_modulation_temporal[-1])
+        return linears
 
-    def _forward(self, x: torch.Tensor, mod: torch.Tensor, image_kv: KV, static_kv: KV) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mod: torch.Tensor, image_kv: KV, static_kv: KV | FoldedStaticAttention, modulation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, T, N, C), mod (B, C), image_kv 2 x (B·T, L, H, D), static_kv 2 x (B, S, H, D) or folded
+        -> (B, T, N, C). `modulation` (B, 6·C [+ 3·C]): this block's adaLN outputs if computed already."""
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, mod, image_kv, static_kv, modulation, use_reentrant=False)
+        return self._forward(x, mod, image_kv, static_kv, modulation)
+
+    def _forward(self, x, mod, image_kv, static_kv, modulation=None) -> torch.Tensor:
         B, T, N, C = x.shape
+        if modulation is None:
+            modulation = torch.cat([lin(F.silu(mod)) for lin in self.modulation_linears], dim=-1)
         # (B, C) modulation vectors broadcast over frames and tokens as (B, 1, 1, C)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(mod)[:, None, None].chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation[:, None, None, : 6 * C].chunk(6, dim=-1)
 
         a = modulate(self.norm1(x), shift_msa, scale_msa)
         a = self.spatial_self_attn(a.reshape(B * T, N, C)).reshape(B, T, N, C)  # frames attend independently
         x = x + a * gate_msa
 
         if self.temporal_self_attn is not None:
-            shift_t, scale_t, gate_t = self.adaLN_modulation_temporal(mod)[:, None, None].chunk(3, dim=-1)
+            shift_t, scale_t, gate_t = modulation[:, None, None, 6 * C :].chunk(3, dim=-1)
             a = modulate(self.norm2(x), shift_t, scale_t)
             a = a.transpose(1, 2).reshape(B * N, T, C)  # each token attends over its T frames
             a = self.temporal_self_attn(a).reshape(B, N, T, C).transpose(1, 2)
@@ -114,7 +171,8 @@ class TemporalDiTBlock(nn.Module):
         a = self.image_cross_attn(self.norm3(x).reshape(B * T, N, C), kv=image_kv)  # frame t -> its L image tokens
         x = x + a.reshape(B, T, N, C)
 
-        a = self.static_cross_attn(self.norm4(x).reshape(B, T * N, C), kv=static_kv)  # all T·N tokens -> the S static rows
+        a = self.norm4(x).reshape(B, T * N, C)  # all T·N tokens -> the S static rows
+        a = static_kv(a) if isinstance(static_kv, FoldedStaticAttention) else self.static_cross_attn(a, kv=static_kv)
         x = x + a.reshape(B, T, N, C)
 
         a = self.mlp(modulate(self.norm5(x), shift_mlp, scale_mlp))
@@ -130,8 +188,11 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(channels, out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 2 * channels))
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:  # (B, T, N, C), (B, C) -> (B, T, N, C_out)
-        shift, scale = self.adaLN_modulation(mod)[:, None, None].chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, N, C), (B, C) [, precomputed adaLN output (B, 2·C)] -> (B, T, N, C_out)."""
+        if modulation is None:
+            modulation = self.adaLN_modulation(mod)
+        shift, scale = modulation[:, None, None].chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -214,26 +275,76 @@ class TemporalDiT(nn.Module):
         cond_images: torch.Tensor,
         static_latent: torch.Tensor,
         deformation_position_xyz: torch.Tensor | None = None,
+        *,
+        fold_static: bool | None = None,
     ) -> DiTConditionCache:
-        """Project the conditions once: position embedding and every block's cross-attention k/v.
+        """Project the conditions once: position embedding, every block's cross-attention k/v and the
+        stacked adaLN weights.
 
-        Build it under the same autocast/no_grad context as the forward passes that use it.
+        Build it under the same autocast/no_grad context as the forward passes that use it, and
+        rebuild it after changing the weights.
         Args:
             cond_images: (B, T, L, C_img) per-frame image tokens.
             static_latent: (B, S, C_static) static Gaussian rows (normalised).
             deformation_position_xyz: (B, N, 3) token positions (required for pe_mode "ape").
+            fold_static: fold the static cross-attention (module docstring); None = when it is
+                possible and narrower than a head, True = whenever possible, False = never.
         """
         B, T = self._check_conditions(cond_images, static_latent, deformation_position_xyz)
         L = cond_images.shape[2]
         image_emb = self.image_cond_proj(cond_images).reshape(B * T, L, self.model_channels)  # frames attend independently
-        static_emb = self.static_cond_proj(static_latent)  # (B, S, C): shared by all frames, not repeated
         pos_emb = self.pos_embedder(deformation_position_xyz) if self.pe_mode == "ape" else None
+        foldable = not self.config.qk_rms_norm_cross
+        width = _round_up(self.config.static_cond_channels, 8)
+        head_dim = self.model_channels // self.num_heads
+        if fold_static and not foldable:
+            raise ValueError("fold_static=True needs qk_rms_norm_cross=False (a key RMS norm is not affine)")
+        if fold_static is None:
+            fold_static = foldable and width < head_dim
+        if fold_static:
+            rows = F.pad(static_latent, (0, width - static_latent.shape[-1]))[:, :, None]  # (B, S, 1, W)
+            static_kv = [self._fold_static(block.static_cross_attn, rows) for block in self.blocks]
+        else:
+            static_emb = self.static_cond_proj(static_latent)  # (B, S, C): shared by all frames, not repeated
+            static_kv = [_contiguous(block.static_cross_attn.project_kv(static_emb)) for block in self.blocks]
+        linears = [lin for block in self.blocks for lin in block.modulation_linears] + [self.final_layer.adaLN_modulation[-1]]
         return DiTConditionCache(
             batch=B,
             frames=T,
             pos_emb=pos_emb,
             image_kv=[_contiguous(block.image_cross_attn.project_kv(image_emb)) for block in self.blocks],
-            static_kv=[_contiguous(block.static_cross_attn.project_kv(static_emb)) for block in self.blocks],
+            static_kv=static_kv,
+            mod_weight=_autocast_cast(torch.cat([lin.weight for lin in linears])),
+            mod_bias=_autocast_cast(torch.cat([lin.bias for lin in linears])),
+        )
+
+    def _fold_static(self, attn: MultiHeadAttention, rows: torch.Tensor) -> FoldedStaticAttention:
+        """The folded weights of one static cross-attention (module docstring) for padded rows (B, S, 1, W)."""
+        H, D, C = attn.num_heads, attn.head_dim, attn.channels
+        W, Cs = rows.shape[-1], self.config.static_cond_channels
+        proj = self.static_cond_proj
+        with torch.autocast(device_type=rows.device.type, enabled=False):  # weights folded at full precision
+            w_kv = attn.to_kv.weight.reshape(2, H, D, C)
+            a = torch.einsum("hdc,cs->hds", w_kv[0], proj.weight)  # (H, D, Cs): keys from rows, per head
+            b = torch.einsum("hdc,cs->hds", w_kv[1], proj.weight)  # (H, D, Cs): values from rows
+            a, b = F.pad(a, (0, W - Cs)), F.pad(b, (0, W - Cs))
+            q_weight = torch.einsum("hds,hdc->hsc", a, attn.to_q.weight.reshape(H, D, C)).reshape(H * W, C)
+            q_bias = None if attn.to_q.bias is None else torch.einsum("hds,hd->hs", a, attn.to_q.bias.reshape(H, D)).reshape(-1)
+            w_out = attn.to_out.weight.reshape(C, H, D)
+            out_weight = torch.einsum("chd,hds->chs", w_out, b).reshape(C, H * W)
+            v_bias = attn.to_kv.weight[C:] @ proj.bias  # (C,) what the static_cond_proj bias adds to v
+            if attn.to_kv.bias is not None:
+                v_bias = v_bias + attn.to_kv.bias[C:]
+            out_bias = attn.to_out.weight @ v_bias
+            if attn.to_out.bias is not None:
+                out_bias = out_bias + attn.to_out.bias
+        return FoldedStaticAttention(
+            q_weight=_autocast_cast(q_weight),
+            q_bias=None if q_bias is None else _autocast_cast(q_bias),
+            out_weight=_autocast_cast(out_weight),
+            out_bias=_autocast_cast(out_bias),
+            rows=_autocast_cast(rows),
+            scale=D**-0.5,
         )
 
     def forward(
@@ -281,9 +392,17 @@ class TemporalDiT(nn.Module):
         elif self.pe_mode == "learnable":
             h = h + self.pos_embedder
         mod = self.t_embedder(t)
-        for block, image_kv, static_kv in zip(self.blocks, cache.image_kv, cache.static_kv):
-            h = block(h, mod, image_kv, static_kv)
-        return self.final_layer(h, mod)
+        if cache.mod_weight is None:
+            for block, image_kv, static_kv in zip(self.blocks, cache.image_kv, cache.static_kv):
+                h = block(h, mod, image_kv, static_kv)
+            return self.final_layer(h, mod)
+        # every adaLN modulation at once: (B, Σ rows), then split per block
+        modulation = F.linear(F.silu(mod), cache.mod_weight, cache.mod_bias)
+        widths = [sum(lin.out_features for lin in block.modulation_linears) for block in self.blocks]
+        *per_block, final = modulation.split([*widths, modulation.shape[-1] - sum(widths)], dim=-1)
+        for block, image_kv, static_kv, m in zip(self.blocks, cache.image_kv, cache.static_kv, per_block):
+            h = block(h, mod, image_kv, static_kv, modulation=m)
+        return self.final_layer(h, mod, modulation=final)
 
     def _check_conditions(self, cond_images, static_latent, xyz) -> tuple[int, int]:
         cfg = self.config
@@ -303,6 +422,19 @@ class TemporalDiT(nn.Module):
 def _contiguous(kv: KV) -> KV:
     """Dense k and v (they are views into one packed projection); done once per cache."""
     return kv[0].contiguous(), kv[1].contiguous()
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _autocast_cast(w: torch.Tensor) -> torch.Tensor:
+    """A weight computed once for many forwards, stored in the autocast dtype if autocast is on (what
+    every F.linear under autocast would cast it to anyway)."""
+    device = w.device.type
+    if torch.is_autocast_enabled(device) and w.is_floating_point():
+        return w.to(torch.get_autocast_dtype(device))
+    return w
 
 
 def make_config(**kwargs) -> DiTConfig:

@@ -525,7 +525,7 @@ class VariationFieldVAE(nn.Module):
             # the frames share q: a stride-0 view, never copied by us
             o = attention(q[b].expand(T, Qc, H, D), k[b], v[b], backend=backend)  # (T, Qc, H, W)
             acc = torch.float32 if o.dtype in (torch.float16, torch.bfloat16) else o.dtype
-            outs.append(o.sum(dim=2, dtype=acc)[..., :out_dim] + bias.to(acc))  # heads summed: (T, Qc, O)
+            outs.append(o[..., :out_dim].sum(dim=2, dtype=acc) + bias.to(acc))  # heads summed: (T, Qc, O), padding never read
         return torch.stack(outs)
 
     def decode(

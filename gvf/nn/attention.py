@@ -30,6 +30,11 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+# Looked up once (a spec lookup, no import) so that compiled graphs see plain constants.
+_FLASH_ATTN_INSTALLED = _installed("flash_attn")
+_XFORMERS_INSTALLED = _installed("xformers")
+
+
 @functools.lru_cache(maxsize=None)
 def _log_backend_once(name: str) -> None:
     logger.info("attention backend: %s", name)
@@ -42,13 +47,14 @@ def resolve_backend(q: torch.Tensor, backend: str | None = None) -> str:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
         fast_ok = q.is_cuda and q.dtype in _HALF
-        if fast_ok and _installed("flash_attn"):
+        if fast_ok and _FLASH_ATTN_INSTALLED:
             backend = "flash_attn"
-        elif fast_ok and _installed("xformers"):
+        elif fast_ok and _XFORMERS_INSTALLED:
             backend = "xformers"
         else:
             backend = "sdpa"
-    _log_backend_once(backend)
+    if not torch.compiler.is_compiling():  # keeps torch.compile graphs free of breaks
+        _log_backend_once(backend)
     return backend
 
 
@@ -96,7 +102,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
 class MultiHeadRMSNorm(nn.Module):
     """Per-head RMS normalisation of q or k: L2-normalise over D, times gamma[H, D]·sqrt(D).
 
-    Computed in float32 whatever the input dtype (as upstream), returned in the input dtype.
+    Computed in float32 whatever the input dtype (as upstream), returned in the input dtype, as
+    x·rsqrt(max(Σx², 1e-24)) — the same function as x / max(‖x‖, 1e-12) — in one fused pass when compiled.
     """
 
     def __init__(self, dim: int, heads: int):
@@ -105,7 +112,9 @@ class MultiHeadRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(heads, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H, D)
-        return (F.normalize(x.float(), dim=-1) * self.gamma * self.scale).to(x.dtype)
+        work = x.float() if x.dtype in _HALF else x
+        inv_norm = work.square().sum(dim=-1, keepdim=True).clamp_min(1e-24).rsqrt()
+        return (work * inv_norm * (self.gamma * self.scale)).to(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -43,7 +43,17 @@ from gvf.diffusion import GaussianDiffusion, dpm_solver_sample
 from gvf.models.dit import TemporalDiT
 from gvf.train.checkpointing import CheckpointManager, capture_rng_state, load_checkpoint_state, restore_rng_state
 from gvf.train.ema import EMA
-from gvf.train.loop import Averager, DataStream, ProgressBar, build_accelerator, flat_config, linear_warmup, optimizer_step, seed_everything
+from gvf.train.loop import (
+    Averager,
+    DataStream,
+    ProgressBar,
+    WallClock,
+    build_accelerator,
+    flat_config,
+    linear_warmup,
+    optimizer_step,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +234,7 @@ class DiffusionTrainer:
         history: list[float] = []
         saved_at = None
         t0 = time.perf_counter()
+        clock = WallClock(tc.max_minutes)
         while self.step < max_steps:
             metrics = self.train_step()
             self.step += 1
@@ -239,6 +250,9 @@ class DiffusionTrainer:
             if tc.save_interval > 0 and self.step % tc.save_interval == 0:
                 self.save_checkpoint()
                 saved_at = self.step
+            if tc.log_interval > 0 and self.step % tc.log_interval == 0 and clock.spent(acc):
+                logger.info("train.max_minutes (%s) spent at step %d: stopping", tc.max_minutes, self.step)
+                break
         if saved_at != self.step and history:
             self.save_checkpoint()
         bar.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 import random
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -319,6 +320,22 @@ def optimizer_step(
 
 
 # ------------------------------------------------------------------------------------- reporting
+
+
+class WallClock:
+    """A wall-clock budget shared by all ranks: `spent(accelerator)` is True on every rank once any rank's
+    budget is over (checked collectively, so that all ranks stop after the same step)."""
+
+    def __init__(self, minutes: float | None):
+        self.deadline = None if minutes is None else time.monotonic() + 60.0 * float(minutes)
+
+    def spent(self, accelerator) -> bool:
+        if self.deadline is None:
+            return False
+        flag = torch.tensor(float(time.monotonic() >= self.deadline), device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, reduction="max")
+        return bool(flag.item())
 
 
 class Averager:

@@ -52,6 +52,7 @@ from gvf.train.loop import (
     DataStream,
     LinearWarmup,
     ProgressBar,
+    WallClock,
     build_accelerator,
     flat_config,
     optimizer_step,
@@ -372,6 +373,7 @@ class VAETrainer:
         history: list[float] = []
         saved_at = None
         t0 = time.perf_counter()
+        clock = WallClock(tc.max_minutes)
         while self.step < max_steps:
             metrics = self.train_step()
             self.step += 1
@@ -387,6 +389,9 @@ class VAETrainer:
             if tc.save_interval > 0 and self.step % tc.save_interval == 0:
                 self.save_checkpoint()
                 saved_at = self.step
+            if tc.log_interval > 0 and self.step % tc.log_interval == 0 and clock.spent(acc):
+                logger.info("train.max_minutes (%s) spent at step %d: stopping", tc.max_minutes, self.step)
+                break
         if saved_at != self.step and history:
             self.save_checkpoint()
         bar.close()
