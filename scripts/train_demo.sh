@@ -9,6 +9,7 @@
 # DEMO_DIT_MINUTES (wall-clock budgets: training checkpoints and stops when spent; a later run with the
 # same stage resumes), DEMO_RELEASE (releases/demo). Dotted overrides for both trainers may follow `--`.
 set -euo pipefail
+PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 DATA=${DEMO_DATA:-data/demo}
 RUNS=${DEMO_RUNS:-runs}
@@ -24,22 +25,22 @@ for stage in "${stages[@]}"; do
     echo "== demo stage: $stage"
     case $stage in
     data)
-        python scripts/prepare_data.py --out "$DATA" --procedural "$OBJECTS" --seed 0 --num-frames 16 \
+        $PY scripts/prepare_data.py --out "$DATA" --procedural "$OBJECTS" --seed 0 --num-frames 16 \
             --num-views 16 --resolution 128 --num-points 4096 --extractor simple --workers "$WORKERS" --no-progress ;;
     vae)
-        python train_vae.py --config configs/demo/vae.yaml --run-dir "$RUNS/demo_vae" \
+        $PY train_vae.py --config configs/demo/vae.yaml --run-dir "$RUNS/demo_vae" \
             --resume auto --no-progress --no-tensorboard ${DEMO_VAE_STEPS:+--max-steps $DEMO_VAE_STEPS} \
             data.data_dir="$DATA" ${DEMO_VAE_MINUTES:+train.max_minutes=$DEMO_VAE_MINUTES} "$@" ;;
     latents)
-        python scripts/encode_latents.py --vae-checkpoint "$RUNS/demo_vae" --data-dir "$DATA" --mixed-precision bf16 --overwrite
-        python scripts/latent_stats.py --latents-dir "$DATA/latents" ;;
+        $PY scripts/encode_latents.py --vae-checkpoint "$RUNS/demo_vae" --data-dir "$DATA" --mixed-precision bf16 --overwrite
+        $PY scripts/latent_stats.py --latents-dir "$DATA/latents" ;;
     dit)
-        python train_diffusion.py --config configs/demo/diffusion.yaml --run-dir "$RUNS/demo_diffusion" \
+        $PY train_diffusion.py --config configs/demo/diffusion.yaml --run-dir "$RUNS/demo_diffusion" \
             --resume auto --no-progress --no-tensorboard ${DEMO_DIT_STEPS:+--max-steps $DEMO_DIT_STEPS} \
             data.data_dir="$DATA" data.latents_dir="$DATA/latents" train.vae_checkpoint="$RUNS/demo_vae" \
             ${DEMO_DIT_MINUTES:+train.max_minutes=$DEMO_DIT_MINUTES} "$@" ;;
     export)
-        python scripts/export_release.py --diffusion-checkpoint "$RUNS/demo_diffusion" --vae-checkpoint "$RUNS/demo_vae" --out "$RELEASE" ;;
+        $PY scripts/export_release.py --diffusion-checkpoint "$RUNS/demo_diffusion" --vae-checkpoint "$RUNS/demo_vae" --out "$RELEASE" ;;
     *)
         echo "unknown stage: $stage" >&2; exit 2 ;;
     esac
