@@ -25,7 +25,6 @@ import dataclasses
 import os
 import shlex
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Optional, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from gvf.utils.io import atomic_write
 
 __all__ = [
     "ConfigError",
@@ -510,18 +511,6 @@ def to_yaml_dict(cfg: Any) -> dict:
     return _rename_keys(dataclasses.asdict(cfg), type(cfg), to_python=False)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_run_config(cfg: Any, run_dir: str | os.PathLike, argv: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Write the resolved ``config.yaml`` and the command line (``command.txt``) into ``run_dir``.
 
@@ -538,6 +527,8 @@ def save_run_config(cfg: Any, run_dir: str | os.PathLike, argv: Sequence[str] | 
         argv = [sys.executable, *sys.argv]
     config_path = run_dir / "config.yaml"
     command_path = run_dir / "command.txt"
-    _write_atomic(config_path, OmegaConf.to_yaml(OmegaConf.create(to_yaml_dict(cfg)), sort_keys=False))
-    _write_atomic(command_path, shlex.join([str(a) for a in argv]) + "\n")
+    config_text = OmegaConf.to_yaml(OmegaConf.create(to_yaml_dict(cfg)), sort_keys=False)
+    atomic_write(config_path, lambda tmp: tmp.write_text(config_text, encoding="utf-8"))
+    command_text = shlex.join([str(a) for a in argv]) + "\n"
+    atomic_write(command_path, lambda tmp: tmp.write_text(command_text, encoding="utf-8"))
     return config_path, command_path

@@ -37,6 +37,7 @@ import torch
 from gvf.gaussians import Gaussians, save_ply
 from gvf.render import render_gaussians
 from gvf.render.cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, intrinsics_from_fov, orbit_extrinsics
+from gvf.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +109,6 @@ class Sequence4D:
         return self.canonical.with_variation(self.variations[t])
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_4d(path: str | Path, canonical: Gaussians, variations: torch.Tensor, metadata: dict | None = None) -> Path:
     """Write one ``.safetensors`` 4D file (atomically).
 
@@ -149,7 +139,7 @@ def save_4d(path: str | Path, canonical: Gaussians, variations: torch.Tensor, me
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, default=_json_default)
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"gvf_4d": text}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gvf_4d": text}))
     return path
 
 

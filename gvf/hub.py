@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from gvf.checkpoints import convert_upstream, load_state_dict_strict, load_torch_file
+from gvf.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -319,18 +318,6 @@ def _kind_of(model: nn.Module) -> str:
     raise ValueError(f"{type(model).__name__} is not one of the known model kinds ({', '.join(_KINDS)})")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: nn.Module, config_dict: Mapping | None, directory: str | Path) -> Path:
     """Write `config.yaml` and `model.safetensors` to `directory` (each atomically).
 
@@ -357,10 +344,10 @@ def save_pretrained(model: nn.Module, config_dict: Mapping | None, directory: st
         # safetensors refuses shared storage (e.g. weight-tied layers): store copies
         tensors[key] = value.clone() if ptr in seen else value.contiguous()
         seen.add(ptr)
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"kind": kind}))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"kind": kind}))
     # the config goes last: its presence marks a complete directory
     config = {"kind": kind, "model": dict(config_dict)}
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: OmegaConf.save(OmegaConf.create(config), tmp))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: OmegaConf.save(OmegaConf.create(config), tmp))
     logger.info("saved %s to %s", kind, directory)
     return directory
 

@@ -24,13 +24,15 @@ import torch  # noqa: E402
 
 from gvf.data.dataset import VAEDataset  # noqa: E402
 from gvf.data.latent_dataset import INDEX_FILE, save_latent_file, write_index  # noqa: E402
+from gvf.train.cli import script_parser  # noqa: E402
+from gvf.train.loop import setup_logging  # noqa: E402
 from gvf.train.vae_trainer import encode_sequence, load_vae_checkpoint  # noqa: E402
 
 logger = logging.getLogger("encode_latents")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vae-checkpoint", required=True, help="VAE training checkpoint dir, its run dir, or 'checkpoints/'")
     p.add_argument("--data-dir", required=True, help="prepared data (gvf.data.prepare layout)")
     p.add_argument("--latents-dir", default=None, help="output directory (default <data-dir>/latents)")
@@ -49,8 +51,7 @@ def main(argv=None) -> int:
     from accelerate import PartialState
 
     state = PartialState(cpu=args.cpu)
-    logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    setup_logging(state.is_main_process)
     data_dir = Path(args.data_dir)
     latents_dir = Path(args.latents_dir) if args.latents_dir else data_dir / "latents"
     try:

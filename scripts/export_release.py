@@ -22,13 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gvf.train.cli import script_parser  # noqa: E402
 from gvf.train.diffusion_trainer import export_release  # noqa: E402
+from gvf.train.loop import setup_logging  # noqa: E402
 
 logger = logging.getLogger("export_release")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--diffusion-checkpoint", required=True, help="diffusion training checkpoint or run directory")
     p.add_argument("--vae-checkpoint", required=True, help="VAE training checkpoint or run directory")
     p.add_argument("--out", required=True, help="release directory to write")
@@ -41,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    setup_logging(True)
     features = None
     if args.extractor is not None or args.extractor_kwargs is not None:
         try:

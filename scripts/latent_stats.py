@@ -20,12 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gvf.data.latent_dataset import compute_latent_stats, list_latent_names, save_latent_stats  # noqa: E402
+from gvf.train.cli import script_parser  # noqa: E402
+from gvf.train.loop import setup_logging  # noqa: E402
 
 logger = logging.getLogger("latent_stats")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--latents-dir", required=True, help="directory of <name>.safetensors latent files")
     p.add_argument("--names", default=None, help="text file with one object name per line (default: all files)")
     p.add_argument("--out-dir", default=None, help="where to write the statistics (default: --latents-dir)")
@@ -35,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    setup_logging(True)
     latents_dir = Path(args.latents_dir)
     try:
         names = list_latent_names(latents_dir, args.names)

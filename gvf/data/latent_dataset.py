@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gvf.utils.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -85,13 +87,7 @@ STD_FLOOR = 1e-6  # constant channels (e.g. quaternion components of untrained G
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, write)
 
 
 def save_latent_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:

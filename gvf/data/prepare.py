@@ -38,6 +38,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from gvf.utils.io import atomic_write
+
 from .animation import MIN_DISPLACEMENT, mean_displacement, sample_sequence
 from .mesh import AnimatedMesh, AssetError, StaticSequenceError
 from .render_mesh import MeshRenderer, to_uint8
@@ -304,9 +306,8 @@ def prepare_sequence(mesh: AnimatedMesh, seq_dir: Path, cond_path: Path, cfg: Pr
     np.savez_compressed(feat_dir / f"{extractor.name}.npz", indices=indices.cpu().numpy().astype(np.uint8),
                         patchtokens=feats.cpu().numpy().astype(np.float16))
     cond_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_cond = cond_path.with_name(f".{cond_path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp_cond, features=cond.cpu().numpy().astype(np.float16))
-    os.replace(tmp_cond, cond_path)
+    cond_np = cond.cpu().numpy().astype(np.float16)
+    atomic_write(cond_path, lambda tmp: np.savez_compressed(tmp, features=cond_np), suffix=".tmp.npz")
     timing["voxels"] += t1 - t0
     timing["features"] += t2 - t1
     timing["io"] += time.perf_counter() - t2

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from gvf.utils.io import atomic_write
 
 from .model import OPACITY_LOGIT_BIAS, SCALE_FLOOR, SCALING_RAW_BIAS, Gaussians
 
@@ -73,16 +74,7 @@ def save_ply(gaussians: Gaussians, path: str | os.PathLike) -> None:
     header += "end_header\n"
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(record.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_bytes(header.encode("ascii") + record.tobytes()))
 
 
 def _parse_header(f, path: Path):

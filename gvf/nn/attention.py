@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import os
 
 import torch
@@ -117,6 +116,38 @@ class MultiHeadRMSNorm(nn.Module):
         return (work * inv_norm * (self.gamma * self.scale)).to(x.dtype)
 
 
+def add_qkv_projections(
+    module: nn.Module,
+    channels: int,
+    num_heads: int,
+    ctx_channels: int | None,
+    type: str,
+    qkv_bias: bool,
+    qk_rms_norm: bool,
+) -> None:
+    """Check the head layout and give `module` the upstream-named input projections of multi-head attention.
+
+    Sets `channels`, `num_heads`, `head_dim`, `type`, `qk_rms_norm`; adds `to_qkv` (C -> 3C) for
+    type="self", or `to_q` (C -> C) and `to_kv` (ctx_channels, default C, -> 2C) for type="cross"; and the
+    per-head norms `q_rms_norm`, `k_rms_norm` when `qk_rms_norm`. Shared by the dense and sparse modules.
+    """
+    if channels % num_heads:
+        raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
+    if type not in ("self", "cross"):
+        raise ValueError(f"attention type must be 'self' or 'cross', got {type!r}")
+    module.channels, module.num_heads, module.head_dim = channels, num_heads, channels // num_heads
+    module.type = type
+    module.qk_rms_norm = qk_rms_norm
+    if type == "self":
+        module.to_qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+    else:
+        module.to_q = nn.Linear(channels, channels, bias=qkv_bias)
+        module.to_kv = nn.Linear(channels if ctx_channels is None else ctx_channels, 2 * channels, bias=qkv_bias)
+    if qk_rms_norm:
+        module.q_rms_norm = MultiHeadRMSNorm(module.head_dim, num_heads)
+        module.k_rms_norm = MultiHeadRMSNorm(module.head_dim, num_heads)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self- or cross-attention with the upstream (TRELLIS / GVF DiT) parameter names.
 
@@ -137,22 +168,7 @@ class MultiHeadAttention(nn.Module):
         qk_rms_norm: bool = False,
     ):
         super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
-        if type not in ("self", "cross"):
-            raise ValueError(f"attention type must be 'self' or 'cross', got {type!r}")
-        self.channels, self.num_heads, self.head_dim = channels, num_heads, channels // num_heads
-        self.type = type
-        ctx_channels = channels if ctx_channels is None else ctx_channels
-        if type == "self":
-            self.to_qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
-        else:
-            self.to_q = nn.Linear(channels, channels, bias=qkv_bias)
-            self.to_kv = nn.Linear(ctx_channels, 2 * channels, bias=qkv_bias)
-        self.qk_rms_norm = qk_rms_norm
-        if qk_rms_norm:
-            self.q_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
-            self.k_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
+        add_qkv_projections(self, channels, num_heads, ctx_channels, type, qkv_bias, qk_rms_norm)
         self.to_out = nn.Linear(channels, channels, bias=out_bias)
 
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

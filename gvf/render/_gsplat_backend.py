@@ -8,6 +8,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ._torch_backend import RasterInputs
+
 INSTALL_HINT = "pip install 'gsplat>=1.5,<1.6' (or: pip install -e '.[cuda]')"
 
 
@@ -26,26 +28,16 @@ def import_gsplat():
     return gsplat
 
 
-def rasterize_gsplat(
-    means: Tensor,  # (B, N, 3)
-    quats: Tensor,  # (B, N, 4)
-    scales: Tensor,  # (B, N, 3)
-    opacities: Tensor,  # (B, N)
-    colors: Tensor,  # (B, N, 3)
-    viewmats: Tensor,  # (B, V, 4, 4)
-    Ks: Tensor,  # (B, V, 3, 3)
-    width: int,
-    height: int,
-    backgrounds: Tensor,  # (B, V, 3)
-    eps2d: float,
-    near: float,
-    far: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+def rasterize_gsplat(*inputs) -> tuple[Tensor, Tensor, Tensor]:
     """One ``gsplat.rasterization`` call for all B × V images (gsplat's leading batch dimension).
 
-    Returns (B, V, H, W, 3) colours, (B, V, H, W, 1) alpha and (B, V, H, W, 1) expected depth, in the
-    input dtype (gsplat itself runs in float32).
+    ``inputs`` are the 13 fields of :class:`~gvf.render._torch_backend.RasterInputs`, in order (the
+    reference backend's signature). Returns (B, V, H, W, 3) colours, (B, V, H, W, 1) alpha and
+    (B, V, H, W, 1) expected depth, in the input dtype (gsplat itself runs in float32).
     """
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, eps2d, near, far = (
+        RasterInputs(*inputs)
+    )
     gsplat = import_gsplat()
     dtype = means.dtype
     f32 = torch.float32

@@ -26,6 +26,7 @@ tile is recomputed in the backward pass (activation checkpointing), so memory st
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,25 @@ FOV_MARGIN = 0.3  # Jacobian clamp: image extent plus 30 % of tan(fov/2)
 MAX_EXTENT = 3.33  # box half-size in standard deviations (gsplat); never binds for opacity <= 1
 PAIR_BUDGET = 2**22  # (pixel, Gaussian) pairs handled at once on the CPU (~300 bytes each with autograd)
 PAIR_BUDGET_ACCELERATOR = 2**24  # the same on a GPU, where fewer, larger steps pay off
+
+
+class RasterInputs(NamedTuple):
+    """The checked inputs of one rasterizer call, in the positional order both backends take
+    (``rasterize_torch`` and ``rasterize_gsplat`` share this signature; see :func:`gvf.render.rasterize`)."""
+
+    means: Tensor  # (B, N, 3)
+    quats: Tensor  # (B, N, 4)
+    scales: Tensor  # (B, N, 3)
+    opacities: Tensor  # (B, N)
+    colors: Tensor  # (B, N, 3)
+    viewmats: Tensor  # (B, V, 4, 4)
+    Ks: Tensor  # (B, V, 3, 3)
+    width: int
+    height: int
+    backgrounds: Tensor  # (B, V, 3)
+    eps2d: float
+    near: float
+    far: float
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -205,27 +225,16 @@ def _plan_tiles(pairs_per_image: list[float], height: int, budget: float) -> lis
     return tiles
 
 
-def rasterize_torch(
-    means: Tensor,  # (B, N, 3)
-    quats: Tensor,  # (B, N, 4)
-    scales: Tensor,  # (B, N, 3)
-    opacities: Tensor,  # (B, N)
-    colors: Tensor,  # (B, N, 3)
-    viewmats: Tensor,  # (B, V, 4, 4)
-    Ks: Tensor,  # (B, V, 3, 3)
-    width: int,
-    height: int,
-    backgrounds: Tensor,  # (B, V, 3)
-    eps2d: float,
-    near: float,
-    far: float,
-    pair_budget: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def rasterize_torch(*inputs, pair_budget: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Render (B, V, H, W, 3) colours, (B, V, H, W, 1) alpha and (B, V, H, W, 1) expected depth.
 
-    ``pair_budget`` bounds the (pixel, Gaussian) pairs handled at once (default PAIR_BUDGET on the CPU,
-    PAIR_BUDGET_ACCELERATOR elsewhere), by grouping whole images or cutting one image into bands of rows.
+    ``inputs`` are the 13 fields of :class:`RasterInputs`, in order. ``pair_budget`` bounds the
+    (pixel, Gaussian) pairs handled at once (default PAIR_BUDGET on the CPU, PAIR_BUDGET_ACCELERATOR
+    elsewhere), by grouping whole images or cutting one image into bands of rows.
     """
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, eps2d, near, far = (
+        RasterInputs(*inputs)
+    )
     B, N = means.shape[:2]
     V = viewmats.shape[1]
     C = colors.shape[-1]

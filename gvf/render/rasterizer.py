@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._gsplat_backend import INSTALL_HINT, gsplat_available, rasterize_gsplat
-from ._torch_backend import rasterize_torch
+from ._torch_backend import RasterInputs, rasterize_torch
 from .cameras import pixel_intrinsics
 
 logger = logging.getLogger(__name__)
@@ -152,8 +152,8 @@ def rasterize(
     if not near < far:
         raise ValueError(f"near must be smaller than far, got near={near}, far={far}")
     backgrounds = _background_tensor(background, B, V, colors.shape[-1], colors)
-    args = (means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), backgrounds,
-            float(eps2d), float(near), float(far))
+    args = RasterInputs(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), backgrounds,
+                        float(eps2d), float(near), float(far))
     if _select_backend(backend, means.is_cuda) == "gsplat":
         return RenderOutput(*rasterize_gsplat(*args))
     return RenderOutput(*rasterize_torch(*args))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gvf.nn.attention import MultiHeadRMSNorm, math_attention, resolve_backend
+from gvf.nn.attention import add_qkv_projections, math_attention, resolve_backend
 from gvf.sparse.tensor import SparseTensor
 
 __all__ = [
@@ -385,30 +385,17 @@ class SparseMultiHeadAttention(nn.Module):
         use_old_attn_impl: bool = False,
     ):
         super().__init__()
-        if channels % num_heads:
-            raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
-        if type not in ("self", "cross"):
-            raise ValueError(f"attention type must be 'self' or 'cross', got {type!r}")
+        add_qkv_projections(self, channels, num_heads, ctx_channels, type, qkv_bias, qk_rms_norm)
         if attn_mode not in ("full", "windowed"):
             raise ValueError(f"attn_mode must be 'full' or 'windowed', got {attn_mode!r}")
         if type == "cross" and attn_mode != "full":
             raise ValueError("cross-attention supports attn_mode='full' only")
         if attn_mode == "windowed" and not window_size:
             raise ValueError("windowed attention needs a positive window_size")
-        self.channels, self.num_heads, self.head_dim = channels, num_heads, channels // num_heads
-        self.type, self.attn_mode = type, attn_mode
+        self.attn_mode = attn_mode
         self.window_size = window_size
         self.shift_window = _triple(shift_window, "shift_window")
         self.use_old_attn_impl = use_old_attn_impl
-        self.qk_rms_norm = qk_rms_norm
-        if type == "self":
-            self.to_qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
-        else:
-            self.to_q = nn.Linear(channels, channels, bias=qkv_bias)
-            self.to_kv = nn.Linear(channels if ctx_channels is None else ctx_channels, 2 * channels, bias=qkv_bias)
-        if qk_rms_norm:
-            self.q_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
-            self.k_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
         self.to_out = nn.Linear(channels, channels)
 
     def _split(self, fused: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:

@@ -23,15 +23,14 @@ import logging
 import math
 import os
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from gvf.config import DiffusionConfig, DiffusionExperimentConfig, save_run_config, to_kwargs, to_yaml_dict
+from gvf.config import DiffusionConfig, DiffusionExperimentConfig, to_kwargs, to_yaml_dict
 from gvf.data.latent_dataset import (
     LatentDataset,
     collate_latents,
@@ -41,19 +40,10 @@ from gvf.data.latent_dataset import (
 )
 from gvf.diffusion import GaussianDiffusion, dpm_solver_sample
 from gvf.models.dit import TemporalDiT
-from gvf.train.checkpointing import CheckpointManager, capture_rng_state, load_checkpoint_state, restore_rng_state
+from gvf.train.checkpointing import load_checkpoint_state
 from gvf.train.ema import EMA
-from gvf.train.loop import (
-    Averager,
-    DataStream,
-    ProgressBar,
-    WallClock,
-    build_accelerator,
-    flat_config,
-    linear_warmup,
-    optimizer_step,
-    seed_everything,
-)
+from gvf.train.loop import linear_warmup
+from gvf.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -98,39 +88,25 @@ def resolve_data_paths(cfg: DiffusionExperimentConfig) -> tuple[Path, Path, Any]
     return latents_dir, cond_dir, stats
 
 
-class DiffusionTrainer:
+class DiffusionTrainer(Trainer):
     """Trains a `TemporalDiT` of a `DiffusionExperimentConfig` into ``run_dir``.
 
-    Args: as `gvf.train.vae_trainer.VAETrainer`.
+    Args: as `gvf.train.trainer.Trainer`.
     """
 
-    def __init__(
-        self,
-        cfg: DiffusionExperimentConfig,
-        run_dir: str | Path,
-        *,
-        resume: str | Path | None = None,
-        log_with: str | None = "tensorboard",
-        progress: bool = True,
-        argv: Sequence[str] | None = None,
-        cpu: bool = False,
-    ):
-        self.cfg = cfg
-        tc, dc = cfg.train, cfg.data
-        self.run_dir = Path(run_dir)
-        self.progress = progress
+    cfg: DiffusionExperimentConfig
+    kind, label, resume_sections = "diffusion", "diffusion", ("model", "diffusion")
+
+    def check_config(self, cfg: DiffusionExperimentConfig) -> None:
         if cfg.model.in_channels != cfg.motion_vae.latent_dim or cfg.model.out_channels != cfg.motion_vae.latent_dim:
             raise ValueError(
                 f"model.in_channels/out_channels ({cfg.model.in_channels}/{cfg.model.out_channels}) must equal "
                 f"motion_vae.latent_dim ({cfg.motion_vae.latent_dim})"
             )
-        self.accelerator = acc = build_accelerator(
-            tc.mixed_precision, tc.gradient_accumulation_steps, self.run_dir, log_with, tc.find_unused_parameters, cpu=cpu
-        )
-        seed_everything(tc.seed)  # the same initial weights (and EMA copy) on every rank
-        if acc.is_main_process:
-            save_run_config(cfg, self.run_dir, argv)
 
+    def build(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        tc, dc = cfg.train, cfg.data
         model = TemporalDiT(**to_kwargs(cfg.model))
         self.diffusion = build_diffusion(cfg.diffusion)
         self.ema = EMA(model, tc.ema_rate).to(acc.device)
@@ -157,31 +133,9 @@ class DiffusionTrainer:
             train=True,
             seed=tc.seed,
         )
-        self.data = DataStream(
-            dataset,
-            tc.batch_size,
-            collate_latents,
-            num_workers=dc.num_workers,
-            seed=tc.seed,
-            num_replicas=acc.num_processes,
-            rank=acc.process_index,
-            pin_memory=acc.device.type == "cuda",
-        )
+        self.data = self._data_stream(dataset, collate_latents)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        seed_everything(tc.seed, acc.process_index)  # per-rank training randomness
-        self.checkpoints = CheckpointManager(
-            self.run_dir / "checkpoints",
-            tc.keep_last,
-            process_index=acc.process_index,
-            is_main=acc.is_main_process,
-            barrier=acc.wait_for_everyone if acc.num_processes > 1 else None,
-        )
         self.motion_vae = None
-        self.step = 0
-        if resume is not None:
-            self.load_checkpoint(resume)
-        if log_with:
-            acc.init_trackers("diffusion", config=flat_config(cfg))
 
     @property
     def unwrapped_model(self) -> TemporalDiT:
@@ -204,74 +158,35 @@ class DiffusionTrainer:
             loss = self.diffusion.training_loss(self.model, x0, t, noise=noise, model_kwargs=cond)
         return loss.float().mean()
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step (``gradient_accumulation_steps`` micro-batches)."""
-        acc, tc = self.accelerator, self.cfg.train
-        self.model.train()
-        avg = Averager()
-        result = None
-        for _ in range(tc.gradient_accumulation_steps):
-            batch = next(self.data)
-            with acc.accumulate(self.model):
-                loss = self.compute_loss(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite diffusion loss at step {self.step}: {float(loss)}")
-                acc.backward(loss)
-                result = optimizer_step(acc, [self.optimizer], [self.scheduler], [(self.ema, self.unwrapped_model)],
-                                        list(self.model.parameters()), tc.grad_clip)
-            avg.add({"loss": loss.detach(), "cond_dropped": batch["cond_dropped"].float().mean()})
-        metrics = avg.means()
-        if result is not None and result.grad_norm is not None:
-            metrics["grad_norm"] = result.grad_norm
-        return metrics
+    # ------------------------------------------------------------------------------- hooks
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"dit": self.unwrapped_model}
 
-    def train(self, max_steps: int | None = None) -> list[float]:
-        """Train until `max_steps` optimizer steps; returns the per-step losses of this call."""
-        acc, tc = self.accelerator, self.cfg.train
-        max_steps = int(tc.max_steps if max_steps is None else max_steps)
-        bar = ProgressBar(max_steps, self.step, enabled=self.progress and acc.is_main_process, desc="diffusion")
-        log_avg = Averager()
-        history: list[float] = []
-        saved_at = None
-        t0 = time.perf_counter()
-        clock = WallClock(tc.max_minutes)
-        while self.step < max_steps:
-            metrics = self.train_step()
-            self.step += 1
-            history.append(metrics["loss"])
-            log_avg.add(metrics)
-            bar.update(1, loss=metrics["loss"])
-            if tc.log_interval > 0 and self.step % tc.log_interval == 0:
-                self._log(log_avg, time.perf_counter() - t0)
-                log_avg.reset()
-                t0 = time.perf_counter()
-            if tc.sample_interval > 0 and self.step % tc.sample_interval == 0 and acc.is_main_process:
-                self.sample_check()
-            if tc.save_interval > 0 and self.step % tc.save_interval == 0:
-                self.save_checkpoint()
-                saved_at = self.step
-            if tc.log_interval > 0 and self.step % tc.log_interval == 0 and clock.spent(acc):
-                logger.info("train.max_minutes (%s) spent at step %d: stopping", tc.max_minutes, self.step)
-                break
-        if saved_at != self.step and history:
-            self.save_checkpoint()
-        bar.close()
-        return history
+    def emas(self) -> dict[str, EMA]:
+        return {"dit": self.ema}
 
-    def _log(self, avg: Averager, seconds: float) -> None:
-        acc = self.accelerator
-        means = avg.means()
-        keys = sorted(means)
-        values = torch.tensor([means[k] for k in keys], device=acc.device, dtype=torch.float64)
-        if acc.num_processes > 1:
-            values = acc.reduce(values, reduction="mean")
-        logs = dict(zip(keys, values.tolist()))
+    def prepared_modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def compute_batch(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = self.compute_loss(batch)
+        return loss, {"loss": loss.detach(), "cond_dropped": batch["cond_dropped"].float().mean()}
+
+    def step_targets(self):
+        return [(self.ema, self.unwrapped_model)], list(self.model.parameters())
+
+    @property
+    def periodic_interval(self) -> int:
+        return self.cfg.train.sample_interval
+
+    def periodic(self) -> None:
+        self.sample_check()
+
+    def log_extras(self, logs: dict[str, Any]) -> None:
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        logs["epoch"] = self.data.epoch
-        logs["steps_per_second"] = self.cfg.train.log_interval / max(seconds, 1e-9)
-        acc.log(logs, step=self.step)
-        if acc.is_main_process:
-            logger.info("step %d: loss %.5f", self.step, logs.get("loss", math.nan))
+
+    def restore_schedule(self) -> None:
+        self.scheduler.lr_lambdas[0].__dict__.update(warmup_steps=self.cfg.train.warmup_steps)
 
     # ------------------------------------------------------------------------------- sampling check
     def _load_motion_vae(self):
@@ -320,49 +235,6 @@ class DiffusionTrainer:
         logger.info("sample check at step %d on %s: latent MSE %.4f (%d NFE)%s", self.step, name, mse, nfe,
                     f", video {video}" if video else "")
         return {"name": name, "mse": mse, "nfe": nfe, "video": video}
-
-    # ------------------------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        acc = self.accelerator
-        return {
-            "kind": "diffusion",
-            "models": {"dit": self.unwrapped_model.state_dict()},
-            "ema": {"dit": self.ema.state_dict()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "data": self.data.state_dict(),
-            "config_yaml": OmegaConf.to_yaml(OmegaConf.create(to_yaml_dict(self.cfg)), sort_keys=False),
-            "world_size": acc.num_processes,
-        }
-
-    def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(self.step, self.state_dict() if self.accelerator.is_main_process else {}, capture_rng_state())
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore model, EMA, optimizer, scheduler, scaler, data position, step and RNG states."""
-        from gvf.train.vae_trainer import _warn_config_change
-
-        acc = self.accelerator
-        state, rng = load_checkpoint_state(path, acc.process_index)
-        if state.get("kind") != "diffusion":
-            raise ValueError(f"{path} is a {state.get('kind')!r} checkpoint, not a diffusion training checkpoint")
-        _warn_config_change(state.get("config_yaml"), self.cfg, ("model", "diffusion"), path)
-        self.unwrapped_model.load_state_dict(state["models"]["dit"])
-        self.ema.load_state_dict(state["ema"]["dit"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scheduler.lr_lambdas[0].__dict__.update(warmup_steps=self.cfg.train.warmup_steps)
-        if acc.scaler is not None and state.get("scaler"):
-            acc.scaler.load_state_dict(state["scaler"])
-        self.data.load_state_dict(state["data"])
-        self.step = int(state["step"])
-        if rng is not None:
-            restore_rng_state(rng)
-        logger.info("resumed from %s at step %d", path, self.step)
-
-    def close(self) -> None:
-        self.accelerator.end_training()
 
 
 # ------------------------------------------------------------------------------------- previews

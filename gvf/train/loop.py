@@ -1,4 +1,4 @@
-"""Trainer utilities shared by the VAE and diffusion trainers.
+"""Trainer utilities shared by the VAE and diffusion trainers (the loop itself: `gvf.train.trainer`).
 
 * `build_accelerator`: an accelerate `Accelerator` (mixed precision no/fp16/bf16, gradient
   accumulation, DDP, TensorBoard tracker in ``<run_dir>/tb``).

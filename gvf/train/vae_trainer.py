@@ -30,36 +30,23 @@ Upstream's start from a TRELLIS SLat VAE with frozen encoder blocks is `train.st
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from gvf.config import VAEExperimentConfig, save_run_config, to_kwargs, to_yaml_dict
+from gvf.config import VAEExperimentConfig, to_kwargs
 from gvf.data.dataset import VAEDataset, collate_vae
 from gvf.gaussians import farthest_point_sampling, pad_tensor14
 from gvf.models.motion_vae import VariationFieldVAE, interpolate_mesh_motion, xyz_interpolation_loss
 from gvf.models.static_vae import StaticVAE, decoder_output_to_gaussians
 from gvf.render import render_gaussians
-from gvf.train.checkpointing import CheckpointManager, capture_rng_state, load_checkpoint_state, restore_rng_state
+from gvf.train.checkpointing import load_checkpoint_state
 from gvf.train.ema import EMA
-from gvf.train.loop import (
-    Averager,
-    DataStream,
-    LinearWarmup,
-    ProgressBar,
-    WallClock,
-    build_accelerator,
-    flat_config,
-    optimizer_step,
-    save_image_grid,
-    seed_everything,
-)
+from gvf.train.loop import LinearWarmup, save_image_grid
 from gvf.train.losses import LPIPS, StaticVAELossConfig, l1_loss, ssim, static_vae_losses
+from gvf.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -131,42 +118,24 @@ def _images_bchw(rgb: torch.Tensor) -> torch.Tensor:
     return rgb.reshape(B * V, H, W, C).permute(0, 3, 1, 2)
 
 
-class VAETrainer:
-    """Trains the two VAEs of a `VAEExperimentConfig` into ``run_dir``.
+class VAETrainer(Trainer):
+    """Trains the two VAEs of a `VAEExperimentConfig` into ``run_dir`` (previews in ``previews/``).
 
-    Args:
-        cfg: the experiment config (``model`` = motion VAE, ``backbones``/``framework`` = static VAE).
-        run_dir: outputs: config.yaml, command.txt, checkpoints/, tb/, previews/.
-        resume: checkpoint directory to continue from (see `gvf.train.checkpointing.resolve_checkpoint`).
-        log_with: "tensorboard" or None.
-        progress: show the tqdm bar (rank 0).
-        argv: command line recorded in command.txt.
-        cpu: run on the CPU even if a GPU is present.
+    Args: as `gvf.train.trainer.Trainer`; ``cfg.model`` is the motion VAE, ``cfg.backbones`` /
+    ``cfg.framework`` the static VAE.
     """
 
-    def __init__(
-        self,
-        cfg: VAEExperimentConfig,
-        run_dir: str | Path,
-        *,
-        resume: str | Path | None = None,
-        log_with: str | None = "tensorboard",
-        progress: bool = True,
-        argv: Sequence[str] | None = None,
-        cpu: bool = False,
-    ):
-        self.cfg = cfg
-        tc, dc = cfg.train, cfg.data
-        self.run_dir = Path(run_dir)
-        self.progress = progress
+    cfg: VAEExperimentConfig
+    kind, label, resume_sections = "vae", "VAE", ("model", "backbones", "framework")
+
+    def check_config(self, cfg: VAEExperimentConfig) -> None:
+        dc = cfg.data
         if dc.load_camera > dc.num_timesteps:
             raise ValueError(f"data.load_camera ({dc.load_camera}) cannot exceed data.num_timesteps ({dc.num_timesteps})")
-        self.accelerator = acc = build_accelerator(
-            tc.mixed_precision, tc.gradient_accumulation_steps, self.run_dir, log_with, tc.find_unused_parameters, cpu=cpu
-        )
-        seed_everything(tc.seed)  # the same initial weights (and EMA copies) on every rank
-        if acc.is_main_process:
-            save_run_config(cfg, self.run_dir, argv)
+
+    def build(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        tc, dc = cfg.train, cfg.data
 
         static = StaticVAE(**to_kwargs(cfg.backbones.vae.args))
         static.set_gradient_checkpointing(cfg.framework.args.mem_ratio)
@@ -213,30 +182,8 @@ class VAETrainer:
             train=True,
             seed=tc.seed,
         )
-        self.data = DataStream(
-            dataset,
-            tc.batch_size,
-            collate_vae,
-            num_workers=dc.num_workers,
-            seed=tc.seed,
-            num_replicas=acc.num_processes,
-            rank=acc.process_index,
-            pin_memory=acc.device.type == "cuda",
-        )
+        self.data = self._data_stream(dataset, collate_vae)
         self.static_vae, self.motion_vae, self.optimizer = acc.prepare(static, motion, optimizer)
-        seed_everything(tc.seed, acc.process_index)  # per-rank training randomness
-        self.checkpoints = CheckpointManager(
-            self.run_dir / "checkpoints",
-            tc.keep_last,
-            process_index=acc.process_index,
-            is_main=acc.is_main_process,
-            barrier=acc.wait_for_everyone if acc.num_processes > 1 else None,
-        )
-        self.step = 0
-        if resume is not None:
-            self.load_checkpoint(resume)
-        if log_with:
-            acc.init_trackers("vae", config=flat_config(cfg))
 
     # ------------------------------------------------------------------------------- helpers
     @property
@@ -332,87 +279,46 @@ class VAETrainer:
         scalars["loss"] = loss.detach()
         return loss, scalars, preview
 
-    # ------------------------------------------------------------------------------- one step
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step (``gradient_accumulation_steps`` micro-batches). Returns mean scalars."""
-        acc, tc = self.accelerator, self.cfg.train
-        phase2 = self.in_phase2()
-        self.static_vae.train()
-        self.motion_vae.train()
-        avg = Averager()
-        result = None
-        for _ in range(tc.gradient_accumulation_steps):
-            batch = next(self.data)
-            with acc.accumulate(self.static_vae, self.motion_vae):
-                loss, scalars, preview = self.compute_losses(batch, phase2)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite VAE loss at step {self.step}: {float(loss)}")
-                acc.backward(loss)
-                params = self.static_params + (self.motion_params if phase2 else [])
-                emas = [(self.ema_static, self.unwrapped_static)] + ([(self.ema_motion, self.unwrapped_motion)] if phase2 else [])
-                result = optimizer_step(acc, [self.optimizer], [self.scheduler], emas, params, tc.grad_clip)
-            avg.add(scalars)
-        self._last_preview = preview
-        metrics = avg.means()
-        if result is not None and result.grad_norm is not None:
-            metrics["grad_norm"] = result.grad_norm
-        metrics["stepped"] = float(bool(result and result.stepped))
-        return metrics
+    # ------------------------------------------------------------------------------- hooks
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"static_vae": self.unwrapped_static, "motion_vae": self.unwrapped_motion}
 
-    # ------------------------------------------------------------------------------- the loop
-    def train(self, max_steps: int | None = None) -> list[float]:
-        """Train until `max_steps` optimizer steps (default ``train.max_steps``).
+    def emas(self) -> dict[str, EMA]:
+        return {"static_vae": self.ema_static, "motion_vae": self.ema_motion}
 
-        Returns:
-            the loss of every step run by this call (rank-local mean over micro-batches).
-        """
-        acc, tc = self.accelerator, self.cfg.train
-        max_steps = int(tc.max_steps if max_steps is None else max_steps)
-        bar = ProgressBar(max_steps, self.step, enabled=self.progress and acc.is_main_process, desc="vae")
-        log_avg = Averager()
-        history: list[float] = []
-        saved_at = None
-        t0 = time.perf_counter()
-        clock = WallClock(tc.max_minutes)
-        while self.step < max_steps:
-            metrics = self.train_step()
-            self.step += 1
-            history.append(metrics["loss"])
-            log_avg.add({k: v for k, v in metrics.items() if k != "stepped"})
-            bar.update(1, loss=metrics["loss"], phase=2 if self.in_phase2(self.step - 1) else 1)
-            if tc.log_interval > 0 and self.step % tc.log_interval == 0:
-                self._log(log_avg, time.perf_counter() - t0)
-                log_avg.reset()
-                t0 = time.perf_counter()
-            if tc.preview_interval > 0 and self.step % tc.preview_interval == 0 and acc.is_main_process:
-                self.save_preview()
-            if tc.save_interval > 0 and self.step % tc.save_interval == 0:
-                self.save_checkpoint()
-                saved_at = self.step
-            if tc.log_interval > 0 and self.step % tc.log_interval == 0 and clock.spent(acc):
-                logger.info("train.max_minutes (%s) spent at step %d: stopping", tc.max_minutes, self.step)
-                break
-        if saved_at != self.step and history:
-            self.save_checkpoint()
-        bar.close()
-        return history
+    def prepared_modules(self) -> list[torch.nn.Module]:
+        return [self.static_vae, self.motion_vae]
 
-    def _log(self, avg: Averager, seconds: float) -> None:
-        acc = self.accelerator
-        means = avg.means()
-        keys = sorted(means)
-        values = torch.tensor([means[k] for k in keys], device=acc.device, dtype=torch.float64)
-        if acc.num_processes > 1:
-            values = acc.reduce(values, reduction="mean")
-        logs = dict(zip(keys, values.tolist()))
+    def compute_batch(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, scalars, self._last_preview = self.compute_losses(batch, self.in_phase2())
+        return loss, scalars
+
+    def step_targets(self):
+        """Phase 1: the static VAE alone; phase 2: both (parameters and EMAs)."""
+        if self.in_phase2():
+            return ([(self.ema_static, self.unwrapped_static), (self.ema_motion, self.unwrapped_motion)],
+                    self.static_params + self.motion_params)
+        return [(self.ema_static, self.unwrapped_static)], self.static_params
+
+    @property
+    def periodic_interval(self) -> int:
+        return self.cfg.train.preview_interval
+
+    def periodic(self) -> None:
+        self.save_preview()
+
+    def progress_postfix(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"phase": 2 if self.in_phase2(self.step - 1) else 1}
+
+    def log_extras(self, logs: dict[str, Any]) -> None:
         for group in self.optimizer.param_groups:
             logs[f"lr/{group.get('name', 'group')}"] = group["lr"]
         logs["phase"] = 2 if self.in_phase2(self.step - 1) else 1
-        logs["epoch"] = self.data.epoch
-        logs["steps_per_second"] = self.cfg.train.log_interval / max(seconds, 1e-9)
-        acc.log(logs, step=self.step)
-        if acc.is_main_process:
-            logger.info("step %d: loss %.5f", self.step, logs.get("loss", math.nan))
+
+    def restore_schedule(self) -> None:
+        tc = self.cfg.train
+        self.scheduler.lr_lambdas[0].__dict__.update(StartedWarmup(tc.warmup_steps, 0).__dict__)
+        self.scheduler.lr_lambdas[1].__dict__.update(StartedWarmup(tc.warmup_steps, tc.static_vae_steps).__dict__)
 
     def save_preview(self) -> Path | None:
         """PNG of the last batch: per object [GT view | render] (+ [GT frame | deformed render] in phase 2)."""
@@ -428,62 +334,6 @@ class VAETrainer:
                 row += [p["gt_motion"][b * C], p["pred_motion"][b * C]]
             rows.append(row)
         return save_image_grid(self.run_dir / "previews" / f"step_{self.step:08d}.png", rows)
-
-    # ------------------------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        acc = self.accelerator
-        return {
-            "kind": "vae",
-            "models": {"static_vae": self.unwrapped_static.state_dict(), "motion_vae": self.unwrapped_motion.state_dict()},
-            "ema": {"static_vae": self.ema_static.state_dict(), "motion_vae": self.ema_motion.state_dict()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "data": self.data.state_dict(),
-            "config_yaml": OmegaConf.to_yaml(OmegaConf.create(to_yaml_dict(self.cfg)), sort_keys=False),
-            "world_size": acc.num_processes,
-        }
-
-    def save_checkpoint(self) -> Path:
-        """Atomic checkpoint of everything at the current step (all ranks call this)."""
-        return self.checkpoints.save(self.step, self.state_dict() if self.accelerator.is_main_process else {}, capture_rng_state())
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore models, EMAs, optimizer, scheduler, scaler, data position, step and RNG states."""
-        acc = self.accelerator
-        state, rng = load_checkpoint_state(path, acc.process_index)
-        if state.get("kind") != "vae":
-            raise ValueError(f"{path} is a {state.get('kind')!r} checkpoint, not a VAE training checkpoint")
-        _warn_config_change(state.get("config_yaml"), self.cfg, ("model", "backbones", "framework"), path)
-        self.unwrapped_static.load_state_dict(state["models"]["static_vae"])
-        self.unwrapped_motion.load_state_dict(state["models"]["motion_vae"])
-        self.ema_static.load_state_dict(state["ema"]["static_vae"])
-        self.ema_motion.load_state_dict(state["ema"]["motion_vae"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        # the schedule follows the current config (load_state_dict restored the saved lambda fields)
-        self.scheduler.lr_lambdas[0].__dict__.update(StartedWarmup(self.cfg.train.warmup_steps, 0).__dict__)
-        self.scheduler.lr_lambdas[1].__dict__.update(StartedWarmup(self.cfg.train.warmup_steps, self.cfg.train.static_vae_steps).__dict__)
-        if acc.scaler is not None and state.get("scaler"):
-            acc.scaler.load_state_dict(state["scaler"])
-        self.data.load_state_dict(state["data"])
-        self.step = int(state["step"])
-        if rng is not None:
-            restore_rng_state(rng)
-        logger.info("resumed from %s at step %d", path, self.step)
-
-    def close(self) -> None:
-        self.accelerator.end_training()
-
-
-def _warn_config_change(saved_yaml: str | None, cfg, sections: Sequence[str], path) -> None:
-    if not saved_yaml:
-        return
-    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml))
-    now = to_yaml_dict(cfg)
-    changed = [s for s in sections if saved.get(s) != now.get(s)]
-    if changed:
-        raise ValueError(f"{path} was trained with different {', '.join(changed)} sections; resume with the run's own config")
 
 
 # ---------------------------------------------------------------------------------- reading back

@@ -11,14 +11,14 @@ spconv's (O, 3, 3, 3, I) layout under `….conv.weight`. `use_fp16` keeps the to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from gvf.models.trellis.ss_flow import ModulatedCrossBlock, set_torso_dtype, torso_dtype
+from gvf.models.trellis.ss_flow import ModulatedCrossBlock, TrellisModel, init_flow_transformer
 from gvf.nn import AbsolutePositionEmbedder, LayerNorm32, TimestepEmbedder
 from gvf.sparse.conv import SparseConv3d, SparseDownsample, SparseUpsample
 from gvf.sparse.tensor import SparseLinear, SparseTensor
@@ -83,11 +83,13 @@ class SparseResBlock3d(nn.Module):
         return h + self.skip_connection(x)
 
 
-class SLatFlow(nn.Module):
+class SLatFlow(TrellisModel):
     """TRELLIS structured-latent flow model: v = model(x, t, cond) with x a SparseTensor.
 
     Args: see `SLatFlowConfig` (TRELLIS's names). Only `pe_mode="ape"` is implemented.
     """
+
+    config_class = SLatFlowConfig
 
     def __init__(
         self,
@@ -159,40 +161,14 @@ class SLatFlow(nn.Module):
             self.convert_to_fp16()
 
     def initialize_weights(self) -> None:
-        def _basic_init(m):
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(_basic_init)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        # adaLN-zero: every transformer block starts as the identity
-        for mod in [self.adaLN_modulation] if self.share_mod else [b.adaLN_modulation for b in self.blocks]:
-            nn.init.zeros_(mod[-1].weight)
-            nn.init.zeros_(mod[-1].bias)
-        # zero-initialised residual branch of each ResBlock and zero output layer
+        init_flow_transformer(self)
+        # zero-initialised residual branch of each ResBlock
         for block in [*self.input_blocks, *self.out_blocks]:
             nn.init.zeros_(block.conv2.conv.weight)
             nn.init.zeros_(block.conv2.conv.bias)
-        nn.init.zeros_(self.out_layer.weight)
-        nn.init.zeros_(self.out_layer.bias)
 
-    def convert_torso(self, dtype: torch.dtype) -> None:
-        """Hold and run the torso in `dtype` (float16 = TRELLIS's `use_fp16`); the rest stays as it is."""
-        set_torso_dtype([self.input_blocks, self.blocks, self.out_blocks], dtype)
-
-    def convert_to_fp16(self) -> None:
-        self.convert_torso(torch.float16)
-
-    def convert_to_fp32(self) -> None:
-        self.convert_torso(torch.float32)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the torso computes in (that of its weights)."""
-        return torso_dtype([self.input_blocks, self.blocks, self.out_blocks], self.input_layer)
+    def torso(self) -> list[nn.Module]:
+        return [self.input_blocks, self.blocks, self.out_blocks]
 
     def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor) -> SparseTensor:
         """
@@ -231,10 +207,6 @@ class SLatFlow(nn.Module):
             h = block(h, t_emb)
         h = h.replace(F.layer_norm(h.feats, h.feats.shape[-1:]).to(x.dtype))
         return self.out_layer(h)
-
-    @classmethod
-    def from_config(cls, config: SLatFlowConfig | dict) -> "SLatFlow":
-        return cls(**(asdict(config) if isinstance(config, SLatFlowConfig) else config))
 
 
 # TRELLIS-image-large `ckpts/slat_flow_img_dit_L_64l8p2_fp16.json` args (released model).

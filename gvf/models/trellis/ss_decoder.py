@@ -8,13 +8,13 @@ upstream, with the channel LayerNorms computed in float32 (see `ss_flow.py` for 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gvf.models.trellis.ss_flow import set_torso_dtype, torso_dtype
+from gvf.models.trellis.ss_flow import TrellisModel
 from gvf.nn import LayerNorm32
 
 
@@ -76,13 +76,15 @@ class UpsampleBlock3d(nn.Module):
         return pixel_shuffle_3d(self.conv(x), 2)
 
 
-class SparseStructureDecoder(nn.Module):
+class SparseStructureDecoder(TrellisModel):
     """Occupancy decoder: logits = decoder(z).
 
     input_layer Conv3d(latent, channels[0]) -> middle_block (num_res_blocks_middle ResBlock3d) ->
     per stage i: num_res_blocks ResBlock3d(channels[i]), then UpsampleBlock3d(channels[i] -> channels[i+1])
     except after the last stage -> out_layer [channel LN, SiLU, Conv3d(channels[-1], out_channels)].
     """
+
+    config_class = SparseStructureDecoderConfig
 
     def __init__(
         self,
@@ -123,20 +125,8 @@ class SparseStructureDecoder(nn.Module):
                 nn.init.zeros_(m.conv2.weight)
                 nn.init.zeros_(m.conv2.bias)
 
-    def convert_torso(self, dtype: torch.dtype) -> None:
-        """Hold and run the torso in `dtype` (float16 = TRELLIS's `use_fp16`); the rest stays as it is."""
-        set_torso_dtype([self.middle_block, self.blocks], dtype)
-
-    def convert_to_fp16(self) -> None:
-        self.convert_torso(torch.float16)
-
-    def convert_to_fp32(self) -> None:
-        self.convert_torso(torch.float32)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the torso computes in (that of its weights)."""
-        return torso_dtype([self.middle_block, self.blocks], self.input_layer)
+    def torso(self) -> list[nn.Module]:
+        return [self.middle_block, self.blocks]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_channels, r, r, r) -> logits (B, out_channels, r·2^(S-1), ...) in z's dtype (S stages)."""
@@ -147,10 +137,6 @@ class SparseStructureDecoder(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.out_layer(h.to(z.dtype))
-
-    @classmethod
-    def from_config(cls, config: SparseStructureDecoderConfig | dict) -> "SparseStructureDecoder":
-        return cls(**(asdict(config) if isinstance(config, SparseStructureDecoderConfig) else config))
 
 
 def occupied_voxels(logits: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ model time and on DINOv2 image tokens through cross-attention. Parameter names, 
 computation are TRELLIS's `SparseStructureFlowModel` (checkpoint `ss_flow_img_dit_L_16l8_fp16`), so the
 released safetensors load with `strict=True`.
 
-This file also holds the two pieces the SLat flow model shares: `ModulatedCrossBlock` (dense or sparse)
-and `set_torso_dtype` (TRELLIS's `use_fp16`).
+This file also holds the pieces the other TRELLIS models share: `ModulatedCrossBlock` (dense or sparse)
+and `TrellisModel` (TRELLIS's `use_fp16` on a model's torso, `from_config`).
 
 Precision (`use_fp16`): like upstream, the Linear/conv weights inside the torso (`blocks`) are held in
 float16 and the torso runs in float16, with LayerNorms and per-head RMS norms computed in float32;
@@ -76,6 +76,58 @@ def torso_dtype(modules: Iterable[nn.Module], fallback: nn.Module) -> torch.dtyp
     for m in _torso_layers(modules):
         return next(m.parameters()).dtype
     return next(fallback.parameters()).dtype
+
+
+class TrellisModel(nn.Module):
+    """Base of the TRELLIS models: TRELLIS's `use_fp16` switch on the torso that `torso()` lists, and
+    `from_config`. A subclass sets `config_class` (its config dataclass) and has an `input_layer`."""
+
+    config_class: type
+
+    def torso(self) -> list[nn.Module]:
+        """The sub-modules held in float16 under `use_fp16`."""
+        raise NotImplementedError
+
+    def convert_torso(self, dtype: torch.dtype) -> None:
+        """Hold and run the torso in `dtype` (float16 = TRELLIS's `use_fp16`); the rest stays as it is."""
+        set_torso_dtype(self.torso(), dtype)
+
+    def convert_to_fp16(self) -> None:
+        self.convert_torso(torch.float16)
+
+    def convert_to_fp32(self) -> None:
+        self.convert_torso(torch.float32)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the torso computes in (that of its weights)."""
+        return torso_dtype(self.torso(), self.input_layer)
+
+    @classmethod
+    def from_config(cls, config):
+        """Build from a config dataclass (`config_class`) or a dict of constructor arguments."""
+        return cls(**(asdict(config) if isinstance(config, cls.config_class) else config))
+
+
+def init_flow_transformer(model: nn.Module) -> None:
+    """TRELLIS's init of a flow DiT (`t_embedder`, `blocks`, `out_layer`, `share_mod`/`adaLN_modulation`)."""
+
+    def _basic_init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    model.apply(_basic_init)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    # adaLN-zero: every transformer block starts as the identity
+    for mod in [model.adaLN_modulation] if model.share_mod else [b.adaLN_modulation for b in model.blocks]:
+        nn.init.zeros_(mod[-1].weight)
+        nn.init.zeros_(mod[-1].bias)
+    # zero output layer: the initial velocity is 0
+    nn.init.zeros_(model.out_layer.weight)
+    nn.init.zeros_(model.out_layer.bias)
 
 
 def _sparse_attention(channels: int, num_heads: int, type: str, qk_rms_norm: bool, qkv_bias: bool, ctx_channels: int | None = None):
@@ -178,12 +230,14 @@ def unpatchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(B, Cp // p**3, res[0] * p, res[1] * p, res[2] * p)
 
 
-class SparseStructureFlow(nn.Module):
+class SparseStructureFlow(TrellisModel):
     """TRELLIS sparse-structure flow DiT: v = model(x, t, cond).
 
     Args: see `SparseStructureFlowConfig` (TRELLIS's names; `num_heads` None = model_channels //
     num_head_channels). Only `pe_mode="ape"` is implemented (the released model's).
     """
+
+    config_class = SparseStructureFlowConfig
 
     def __init__(
         self,
@@ -243,37 +297,10 @@ class SparseStructureFlow(nn.Module):
         return AbsolutePositionEmbedder(channels)(grid)
 
     def initialize_weights(self) -> None:
-        def _basic_init(m):
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_flow_transformer(self)
 
-        self.apply(_basic_init)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        # adaLN-zero: every block starts as the identity
-        for mod in [self.adaLN_modulation] if self.share_mod else [b.adaLN_modulation for b in self.blocks]:
-            nn.init.zeros_(mod[-1].weight)
-            nn.init.zeros_(mod[-1].bias)
-        # zero output layer: the initial velocity is 0
-        nn.init.zeros_(self.out_layer.weight)
-        nn.init.zeros_(self.out_layer.bias)
-
-    def convert_torso(self, dtype: torch.dtype) -> None:
-        """Hold and run the torso in `dtype` (float16 = TRELLIS's `use_fp16`); the rest stays as it is."""
-        set_torso_dtype([self.blocks], dtype)
-
-    def convert_to_fp16(self) -> None:
-        self.convert_torso(torch.float16)
-
-    def convert_to_fp32(self) -> None:
-        self.convert_torso(torch.float32)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the torso computes in (that of its weights)."""
-        return torso_dtype([self.blocks], self.input_layer)
+    def torso(self) -> list[nn.Module]:
+        return [self.blocks]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """
@@ -303,10 +330,6 @@ class SparseStructureFlow(nn.Module):
         h = self.out_layer(h)  # (B, N, out·p³)
         h = h.transpose(1, 2).reshape(B, -1, r, r, r)
         return unpatchify(h, self.patch_size)
-
-    @classmethod
-    def from_config(cls, config: SparseStructureFlowConfig | dict) -> "SparseStructureFlow":
-        return cls(**(asdict(config) if isinstance(config, SparseStructureFlowConfig) else config))
 
 
 # TRELLIS-image-large `ckpts/ss_flow_img_dit_L_16l8_fp16.json` args (released model).
