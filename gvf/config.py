@@ -60,6 +60,7 @@ __all__ = [
     "save_run_config",
     "to_kwargs",
     "to_yaml_dict",
+    "model_config",
 ]
 
 T = TypeVar("T")
@@ -75,6 +76,24 @@ def _choice(obj, name: str, allowed) -> None:
         raise ValueError(f"{type(obj).__name__}.{name} must be one of {sorted(allowed)}, got {value!r}")
 
 
+def model_config(cls: type[T], config: Optional[T], kwargs: dict, owner: str) -> T:
+    """The config a model builds from: ``config`` itself, or ``cls(**kwargs)`` (never both).
+
+    Raises ValueError on an unknown keyword (naming ``owner``, the model class) or a config of another type.
+    """
+    if config is None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown {owner} argument(s): {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        return cls(**kwargs)
+    if not isinstance(config, cls):
+        raise ValueError(f"config must be a gvf.config.{cls.__name__}, got {type(config).__name__}")
+    if kwargs:
+        raise ValueError(f"pass either a {cls.__name__} or keyword arguments, not both")
+    return config
+
+
 def _alias(yaml_key: str, default):
     """A field spelled ``yaml_key`` in YAML files (not a valid Python identifier)."""
     return field(default=default, metadata={"yaml": yaml_key})
@@ -85,30 +104,59 @@ def _alias(yaml_key: str, default):
 
 @dataclass
 class MotionVAEConfig:
-    """Motion (variation-field) VAE, upstream ``GSKLTemporalVariationalAutoEncoder`` kwargs.
+    """Motion (variation-field) VAE, upstream ``GSKLTemporalVariationalAutoEncoder`` kwargs (spec §2.1).
 
     ``num_timesteps`` (frames decoded per latent sequence), ``chunk_size`` (decoder query chunk) and
     ``knn_k`` / ``beta`` (encoder displacement interpolation) are injected by the upstream scripts.
+    ``num_timesteps`` is only a default frame count: ``decode`` infers T from its inputs.
+    ``enable_flash_attn`` has no effect (the dispatch of ``gvf.nn.attention`` picks the kernel).
+    ``use_checkpoint`` checkpoints each decoder chunk when gradients are on (upstream always does);
+    ``drop_path`` is the stochastic-depth rate of the latent self-attention blocks (training only).
+    ``output_dim=None`` drops the output head (upstream ``nn.Identity``).
     """
 
-    depth: int = 12
-    dim: int = 768
-    queries_dim: int = 768
+    depth: int = 12  # upstream constructor default: 24
+    dim: int = 768  # upstream constructor default: 512
+    queries_dim: int = 768  # upstream constructor default: 512
     input_dim: int = 3
     gs_dim: int = 14
-    output_dim: int = 14
+    output_dim: Optional[int] = 14  # upstream constructor default: 10
     num_inputs: int = 8192
-    num_latents: int = 512
-    latent_dim: int = 16
-    heads: int = 12
+    num_latents: int = 512  # upstream constructor default: 1024
+    latent_dim: int = 16  # upstream constructor default: 128
+    heads: int = 12  # upstream constructor default: 8
     dim_head: int = -1  # -1: dim // heads
     weight_tie_layers: bool = False
     decoder_ff: bool = False
-    enable_flash_attn: bool = True  # the function is the same with any attention kernel
+    enable_flash_attn: bool = True  # upstream constructor default: False; no effect here
     num_timesteps: int = 24
     chunk_size: int = 8192
     knn_k: int = 8
     beta: float = 7.0
+    use_checkpoint: bool = True
+    drop_path: float = 0.1
+
+    def __post_init__(self):
+        if self.heads < 1 or self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.dim_head not in (-1, self.dim // self.heads):
+            raise ValueError(f"dim_head must be -1 or dim // heads = {self.dim // self.heads}, got {self.dim_head}")
+        if self.queries_dim != self.dim:
+            # Upstream embeds queries to `dim` and feeds them to a `queries_dim` attention: only equal sizes run.
+            raise ValueError(f"queries_dim ({self.queries_dim}) must equal dim ({self.dim})")
+        if self.dim % 6:
+            raise ValueError(f"dim must be divisible by 6 for the point embedding, got {self.dim}")
+        for name in ("depth", "input_dim", "gs_dim", "num_inputs", "num_latents", "latent_dim", "chunk_size", "knn_k", "num_timesteps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.gs_dim < 3:
+            raise ValueError(f"gs_dim must be at least 3 (xyz first), got {self.gs_dim}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must lie in [0, 1), got {self.drop_path}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
 
 
 @dataclass
@@ -141,7 +189,14 @@ class DiTConfig:
 
 @dataclass
 class StaticVAEBackboneConfig:
-    """Static VAE backbone, upstream ``SparseTransformerVAE`` kwargs (``backbones.vae.args``)."""
+    """Static VAE backbone, upstream ``SparseTransformerVAE`` kwargs (``backbones.vae.args``).
+
+    ``out_channels`` is 14 channels per Gaussian (xyz offset 3, SH-DC 3, scale 3, rotation 4,
+    opacity 1) times the Gaussians per voxel. ``use_fp16`` has no effect on the weights (mixed
+    precision comes from autocast). ``use_old_attn_impl`` selects upstream's older fused-qkv channel
+    order. ``gvf.models.static_vae.StaticVAE`` builds ``attn_mode`` "swin" (official) or "full" (each
+    object attends to itself) with ``pe_mode`` "ape".
+    """
 
     resolution: int = 64
     in_channels: int = 1024
@@ -150,7 +205,7 @@ class StaticVAEBackboneConfig:
     latent_channels: int = 8
     num_blocks: int = 12
     window_size: int = 8  # upstream constructor default: 1024
-    num_heads: Optional[int] = 12
+    num_heads: Optional[int] = 12  # None: model_channels // num_head_channels
     num_head_channels: int = 64
     mlp_ratio: float = 4.0
     attn_mode: str = "swin"
@@ -163,6 +218,8 @@ class StaticVAEBackboneConfig:
     def __post_init__(self):
         _choice(self, "attn_mode", {"full", "swin", "shift_window", "shift_sequence", "shift_order"})
         _choice(self, "pe_mode", {"ape", "rope"})
+        if self.out_channels < 1 or self.out_channels % 14:
+            raise ValueError(f"out_channels must be a positive multiple of 14 (channels per Gaussian), got {self.out_channels}")
 
 
 @dataclass

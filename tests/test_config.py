@@ -111,10 +111,14 @@ def test_wrong_types_and_bad_files(tmp_path):
 
 def test_partial_file_takes_defaults(tmp_path):
     path = tmp_path / "small.yml"
-    path.write_text("model:\n  depth: 2\n  dim: 48\ntrain:\n  lr: 1.0e-3\ndata:\n")
+    path.write_text("model:\n  depth: 2\n  dim: 48\n  queries_dim: 48\ntrain:\n  lr: 1.0e-3\ndata:\n")
     cfg = load_config(path, VAEExperimentConfig)
     assert cfg.model.depth == 2 and cfg.model.heads == 12 and cfg.train.lr == 1e-3
     assert cfg.data.num_timesteps == 24
+    # The model section is validated on load: dim 48 with the default queries_dim 768 cannot be built.
+    path.write_text("model:\n  dim: 48\n")
+    with pytest.raises(ConfigError, match="queries_dim"):
+        load_config(path, VAEExperimentConfig)
 
 
 def test_overrides():

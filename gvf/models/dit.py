@@ -32,7 +32,6 @@ The adaLN modulations of all blocks depend on t only and are computed by one mat
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from gvf.config import DiTConfig
+from gvf.config import DiTConfig, model_config
 from gvf.nn import AbsolutePositionEmbedder, FeedForwardNet, MultiHeadAttention, TimestepEmbedder, attention, modulate
 
 KV = tuple[torch.Tensor, torch.Tensor]
@@ -205,13 +204,7 @@ class TemporalDiT(nn.Module):
 
     def __init__(self, config: DiTConfig | None = None, **kwargs):
         super().__init__()
-        if config is None:
-            config = make_config(**kwargs)
-        elif not isinstance(config, DiTConfig):
-            raise ValueError(f"config must be a gvf.config.DiTConfig, got {type(config).__name__}")
-        elif kwargs:
-            raise ValueError("pass either a DiTConfig or keyword arguments, not both")
-        self.config = cfg = config
+        self.config = cfg = model_config(DiTConfig, config, kwargs, "TemporalDiT")
         if cfg.share_mod:
             raise ValueError("share_mod=True is not supported (a dead, inconsistent branch upstream); use share_mod=False")
         if cfg.pe_mode not in ("ape", "learnable", "none"):
@@ -439,11 +432,7 @@ def _autocast_cast(w: torch.Tensor) -> torch.Tensor:
 
 def make_config(**kwargs) -> DiTConfig:
     """`DiTConfig` from upstream-style keyword arguments, with a clear error on unknown ones."""
-    known = {f.name for f in dataclasses.fields(DiTConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ValueError(f"unknown TemporalDiT argument(s): {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    return DiTConfig(**kwargs)
+    return model_config(DiTConfig, None, kwargs, "TemporalDiT")
 
 
 # Size presets.

@@ -28,20 +28,20 @@ The decoder has two paths computing the same function:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from gvf.config import MotionVAEConfig, model_config
 from gvf.gaussians import farthest_point_sampling, knn_points, pad_tensor14
 from gvf.nn import GEGLUFeedForward, MultiHeadAttention, PointEmbed, attention, resolve_backend
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "VariationFieldVAEConfig",
     "VariationFieldVAE",
     "MotionPosterior",
     "MeshMotionEstimate",
@@ -54,61 +54,6 @@ __all__ = [
 RADIUS_EPS = 1e-6
 WEIGHT_EPS = 1e-8
 LOGVAR_RANGE = (-30.0, 20.0)
-
-
-@dataclass
-class VariationFieldVAEConfig:
-    """Constructor arguments; the names and defaults are the upstream class's (spec §2.1).
-
-    `enable_flash_attn` is accepted for config compatibility and has no effect (the attention
-    dispatch of `gvf.nn.attention` picks the kernel). `num_timesteps` is only a default frame count:
-    `decode` infers T from its inputs. `use_checkpoint` checkpoints each decoder chunk when
-    gradients are on (upstream always does); `drop_path` is the stochastic-depth rate of the
-    latent self-attention blocks (upstream 0.1, training only).
-    """
-
-    depth: int = 24
-    dim: int = 512
-    queries_dim: int = 512
-    input_dim: int = 3
-    gs_dim: int = 14
-    output_dim: int | None = 10
-    num_inputs: int = 8192
-    num_latents: int = 1024
-    latent_dim: int = 128
-    heads: int = 8
-    dim_head: int = -1
-    weight_tie_layers: bool = False
-    decoder_ff: bool = False
-    enable_flash_attn: bool = False
-    num_timesteps: int = 24
-    chunk_size: int = 8192
-    knn_k: int = 8
-    beta: float = 7.0
-    use_checkpoint: bool = True
-    drop_path: float = 0.1
-
-    def __post_init__(self):
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if self.dim_head not in (-1, self.dim // self.heads):
-            raise ValueError(f"dim_head must be -1 or dim // heads = {self.dim // self.heads}, got {self.dim_head}")
-        if self.queries_dim != self.dim:
-            # Upstream embeds queries to `dim` and feeds them to a `queries_dim` attention: only equal sizes run.
-            raise ValueError(f"queries_dim ({self.queries_dim}) must equal dim ({self.dim})")
-        if self.dim % 6:
-            raise ValueError(f"dim must be divisible by 6 for the point embedding, got {self.dim}")
-        for name in ("depth", "input_dim", "gs_dim", "num_inputs", "num_latents", "latent_dim", "chunk_size", "knn_k", "num_timesteps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.gs_dim < 3:
-            raise ValueError(f"gs_dim must be at least 3 (xyz first), got {self.gs_dim}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"drop_path must lie in [0, 1), got {self.drop_path}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,20 +240,12 @@ class VariationFieldVAE(nn.Module):
     """Motion VAE (upstream `GSKLTemporalVariationalAutoEncoder`), checkpoint compatible.
 
     Build with the upstream keyword arguments (`VariationFieldVAE(**OFFICIAL_CONFIG)`) or a
-    `VariationFieldVAEConfig`.
+    `gvf.config.MotionVAEConfig` (its defaults are the official configuration).
     """
 
-    def __init__(self, config: VariationFieldVAEConfig | None = None, **kwargs):
+    def __init__(self, config: MotionVAEConfig | None = None, **kwargs):
         super().__init__()
-        if config is None:
-            known = {f.name for f in fields(VariationFieldVAEConfig)}
-            unknown = sorted(set(kwargs) - known)
-            if unknown:
-                raise ValueError(f"unknown VariationFieldVAE arguments: {', '.join(unknown)}")
-            config = VariationFieldVAEConfig(**kwargs)
-        elif kwargs:
-            raise ValueError("pass either a VariationFieldVAEConfig or keyword arguments, not both")
-        self.config = cfg = config
+        self.config = cfg = model_config(MotionVAEConfig, config, kwargs, "VariationFieldVAE")
         dim, heads = cfg.dim, cfg.heads
         self.dim, self.heads, self.head_dim = dim, heads, cfg.head_dim
         self.num_inputs, self.num_latents, self.num_timesteps = cfg.num_inputs, cfg.num_latents, cfg.num_timesteps
@@ -640,20 +577,4 @@ def _pad_rows(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 # The released checkpoint's configuration (configs/vae.yml `model` == configs/diffusion.yml
 # `motion_vae`, spec §2.1) with the inference KNN settings; num_timesteps does not affect weights.
-OFFICIAL_CONFIG = dict(
-    depth=12,
-    dim=768,
-    queries_dim=768,
-    output_dim=14,
-    num_inputs=8192,
-    num_latents=512,
-    latent_dim=16,
-    heads=12,
-    dim_head=-1,
-    weight_tie_layers=False,
-    decoder_ff=False,
-    enable_flash_attn=True,
-    num_timesteps=24,
-    knn_k=8,
-    beta=7.0,
-)
+OFFICIAL_CONFIG = asdict(MotionVAEConfig())

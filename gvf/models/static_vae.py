@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gvf.config import StaticVAEBackboneConfig, model_config
 from gvf.gaussians import Gaussians
 from gvf.nn.embeddings import AbsolutePositionEmbedder
 from gvf.sparse.modules import SparseTransformerBlock
@@ -36,7 +37,6 @@ from gvf.sparse.tensor import SparseTensor
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "StaticVAEConfig",
     "StaticVAE",
     "Posterior",
     "hammersley_perturbation",
@@ -54,28 +54,6 @@ MIPGS_LR = {"xyz": 1.0, "features_dc": 1.0, "scaling": 1.0, "rotation": 0.1, "op
 
 _ENCODER_PREFIXES = ("input_layer.", "encoder.", "to_latent.")
 _DECODER_PREFIXES = ("from_latent.", "decoder.", "out_layer.")
-
-
-@dataclass
-class StaticVAEConfig:
-    """Backbone arguments (upstream `static_vae.backbones.vae.args`); defaults = the official config."""
-
-    resolution: int = 64
-    in_channels: int = 1024
-    out_channels: int = 112
-    model_channels: int = 768
-    latent_channels: int = 8
-    num_blocks: int = 12
-    num_heads: int | None = 12
-    num_head_channels: int = 64
-    mlp_ratio: float = 4.0
-    attn_mode: str = "swin"  # "swin" (official) or "full" (each object attends to itself)
-    window_size: int = 8
-    pe_mode: str = "ape"
-    use_fp16: bool = True  # accepted for config compatibility; mixed precision comes from autocast
-    use_old_attn_impl: bool = False  # upstream's older fused-qkv channel order (its class default is True)
-    norm_output: bool = True
-    use_checkpoint: bool = False
 
 
 class Posterior(NamedTuple):
@@ -169,52 +147,28 @@ def decoder_output_to_gaussians(
 class StaticVAE(nn.Module):
     """Sparse-voxel transformer VAE whose decoder outputs 8 Gaussians per voxel.
 
-    Constructor arguments are the upstream backbone's (see `StaticVAEConfig`), plus `decoder_only`
+    Build with a `gvf.config.StaticVAEBackboneConfig` (defaults: the official config) or the upstream
+    backbone's keyword arguments (its fields), plus `decoder_only`
     (build only `from_latent`, `decoder`, `out_layer` and the perturbation buffer: the model that runs
     inside the TRELLIS pipeline).
     """
 
-    def __init__(
-        self,
-        resolution: int = 64,
-        in_channels: int = 1024,
-        out_channels: int = 112,
-        model_channels: int = 768,
-        latent_channels: int = 8,
-        num_blocks: int = 12,
-        num_heads: int | None = 12,
-        num_head_channels: int = 64,
-        mlp_ratio: float = 4.0,
-        attn_mode: str = "swin",
-        window_size: int = 8,
-        pe_mode: str = "ape",
-        use_fp16: bool = True,
-        use_old_attn_impl: bool = False,
-        norm_output: bool = True,
-        use_checkpoint: bool = False,
-        decoder_only: bool = False,
-    ):
+    def __init__(self, config: StaticVAEBackboneConfig | None = None, *, decoder_only: bool = False, **kwargs):
         super().__init__()
-        cfg = StaticVAEConfig(
-            resolution, in_channels, out_channels, model_channels, latent_channels, num_blocks, num_heads,
-            num_head_channels, mlp_ratio, attn_mode, window_size, pe_mode, use_fp16, use_old_attn_impl,
-            norm_output, use_checkpoint,
-        )  # fmt: skip
-        if attn_mode not in ("swin", "full"):
-            raise ValueError(f"attn_mode must be 'swin' or 'full', got {attn_mode!r}")
-        if pe_mode != "ape":
-            raise ValueError(f"only pe_mode='ape' is supported (the official setting), got {pe_mode!r}")
-        if out_channels % GAUSSIAN_CHANNELS:
-            raise ValueError(f"out_channels must be a multiple of {GAUSSIAN_CHANNELS} (channels per Gaussian), got {out_channels}")
-        self.config = cfg
+        self.config = cfg = model_config(StaticVAEBackboneConfig, config, kwargs, "StaticVAE")
+        if cfg.attn_mode not in ("swin", "full"):
+            raise ValueError(f"attn_mode must be 'swin' or 'full', got {cfg.attn_mode!r}")
+        if cfg.pe_mode != "ape":
+            raise ValueError(f"only pe_mode='ape' is supported (the official setting), got {cfg.pe_mode!r}")
+        model_channels, latent_channels, out_channels = cfg.model_channels, cfg.latent_channels, cfg.out_channels
         self.decoder_only = decoder_only
-        self.resolution = resolution
-        self.num_heads = num_heads or model_channels // num_head_channels
+        self.resolution = cfg.resolution
+        self.num_heads = cfg.num_heads or model_channels // cfg.num_head_channels
         self.num_gaussians = out_channels // GAUSSIAN_CHANNELS
 
         self.pos_embedder = AbsolutePositionEmbedder(model_channels)  # no state_dict entries
         if not decoder_only:
-            self.input_layer = nn.Linear(in_channels, model_channels)
+            self.input_layer = nn.Linear(cfg.in_channels, model_channels)
             self.encoder = self._make_stack(cfg)
             self.to_latent = nn.Linear(model_channels, 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, model_channels)
@@ -224,7 +178,7 @@ class StaticVAE(nn.Module):
         self.register_buffer("MipGS_perturbation", hammersley_perturbation(self.num_gaussians, MIPGS_VOXEL_SIZE))
         self.initialize_weights()
 
-    def _make_stack(self, cfg: StaticVAEConfig) -> nn.ModuleList:
+    def _make_stack(self, cfg: StaticVAEBackboneConfig) -> nn.ModuleList:
         blocks = []
         for i in range(cfg.num_blocks):
             windowed = cfg.attn_mode == "swin"
@@ -370,5 +324,5 @@ class StaticVAE(nn.Module):
 
 # Size presets -------------------------------------------------------------------------------------
 
-STATIC_VAE_OFFICIAL = asdict(StaticVAEConfig())  # configs/vae.yml static_vae.backbones.vae.args
+STATIC_VAE_OFFICIAL = asdict(StaticVAEBackboneConfig())  # configs/vae.yml static_vae.backbones.vae.args
 STATIC_VAE_TINY = dict(STATIC_VAE_OFFICIAL, resolution=16, in_channels=32, model_channels=48, num_blocks=2, num_heads=4)
