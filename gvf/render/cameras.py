@@ -97,8 +97,10 @@ def fov_from_intrinsics(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def pixel_intrinsics(K_norm: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Pixel-unit intrinsics (..., 3, 3): fx·W, fy·H, cx·W, cy·H (skew scaled by W)."""
     _check_matrix(K_norm, 3, "intrinsics")
-    scale = torch.tensor([width, height, 1.0], dtype=K_norm.dtype, device=K_norm.device)
-    return K_norm * scale[:, None]
+    K = K_norm.clone()  # scaled in place on its device: no host->device copy per call
+    K[..., 0, :] *= width
+    K[..., 1, :] *= height
+    return K
 
 
 def _check_matrix(M: torch.Tensor, n: int, name: str) -> None:

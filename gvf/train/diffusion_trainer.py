@@ -39,25 +39,22 @@ from gvf.data.latent_dataset import (
     load_latent_stats,
 )
 from gvf.diffusion import GaussianDiffusion, dpm_solver_sample
+from gvf.export import write_video
 from gvf.models.dit import TemporalDiT
+from gvf.pipeline import RELEASE_FILES as INFERENCE_FILES
+from gvf.pipeline import STATIC_VAE_FILE
 from gvf.train.checkpointing import load_checkpoint_state
 from gvf.train.ema import EMA
 from gvf.train.loop import linear_warmup
 from gvf.train.trainer import Trainer
+from gvf.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionTrainer", "build_diffusion", "resolve_data_paths", "render_motion_video", "export_release", "RELEASE_FILES"]
 
-RELEASE_FILES = {
-    "config": "config.yaml",
-    "dit": "dit.safetensors",
-    "motion_vae": "motion_vae.safetensors",
-    "static_vae": "static_vae.safetensors",
-    "stats": "latent_stats.safetensors",
-    "info": "release.json",
-    "readme": "README.md",
-}
+# What inference reads (gvf.pipeline) plus the optional static VAE and the descriptive files.
+RELEASE_FILES = {**INFERENCE_FILES, "static_vae": STATIC_VAE_FILE, "info": "release.json", "readme": "README.md"}
 
 
 def build_diffusion(cfg: DiffusionConfig) -> GaussianDiffusion:
@@ -250,7 +247,6 @@ def render_motion_video(vae, latent_file: dict, latents: torch.Tensor, path: str
         latents: (K, T, L, C) denormalised latents; the K videos are placed side by side.
         path: output .mp4 (written atomically).
     """
-    import imageio.v2 as imageio
 
     from gvf.gaussians import pad_tensor14
     from gvf.models.static_vae import decoder_output_to_gaussians
@@ -278,14 +274,7 @@ def render_motion_video(vae, latent_file: dict, latents: torch.Tensor, path: str
     frames = (torch.cat(columns, dim=2).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    try:
-        imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)  # yuv420p
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: write_video(tmp, frames, fps=fps), suffix=".tmp.mp4")
 
 
 # ------------------------------------------------------------------------------------- release

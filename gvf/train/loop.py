@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from gvf.utils.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -393,10 +395,7 @@ def save_image_grid(path: str | os.PathLike, rows: Sequence[Sequence[torch.Tenso
     grid = np.concatenate([np.concatenate([to_hwc(im) for im in row], axis=1) for row in rows], axis=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp), suffix=".tmp.png")
 
 
 def flat_config(cfg: Any, prefix: str = "") -> dict[str, int | float | str | bool]:
